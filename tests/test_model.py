@@ -1,0 +1,373 @@
+"""BitTransformerLM: causality, the factorized chain rule, loss/logits consistency, compressed forward,
+cached generation, parity-safe sampling, saving/loading."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bitlm.bits import bits_to_bytes, bytes_to_bits, decode_bits, text_to_bits
+from bitlm.codec import CodecError, compress_bits
+from bitlm.model import (
+    PARITY_OFFSET, BitLMConfig, BitTransformerLM, _bit_conditionals, _gather_bits, model_output_decompress,
+)
+from bitlm.telemetry import lz_complexity, negentropy
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, local_layers=1, local_embd=16)
+VARIANTS = {
+    "p9": dict(patch_size=9, parity=True, block_size=72),
+    "p9-noparity": dict(patch_size=9, parity=False, block_size=72),
+    "p4": dict(patch_size=4, parity=False, block_size=48),
+    "p1": dict(patch_size=1, parity=False, block_size=40),
+    "p9-local": dict(patch_size=9, parity=True, block_size=72, local="transformer"),
+    "p3-local": dict(patch_size=3, parity=False, block_size=42, local="transformer"),
+}
+
+
+def make(name: str = "p9", seed: int = 0, **overrides) -> BitTransformerLM:
+    torch.manual_seed(seed)
+    return BitTransformerLM(BitLMConfig(**{**TINY, **VARIANTS[name], **overrides})).eval()
+
+
+def rand_bits(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def framed(n_bytes: int, seed: int = 0) -> torch.Tensor:
+    """Random bytes as parity-framed bits (what stream type 0 holds with parity on)."""
+    g = torch.Generator().manual_seed(seed)
+    return bytes_to_bits(bytes(torch.randint(0, 256, (n_bytes,), generator=g).tolist()))
+
+
+def bit_ce(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Per-position CE in bits of the observed bits under (B, T, 2) log-prob logits."""
+    return -logits.gather(-1, bits.long().unsqueeze(-1)).squeeze(-1) / math.log(2)
+
+
+# ------------------------------------------------------------------------------------ config
+
+@pytest.mark.parametrize("bad", [
+    dict(patch_size=0), dict(patch_size=13), dict(patch_size=8, parity=True), dict(block_size=100),
+    dict(n_embd=30, n_head=4), dict(dropout=1.0), dict(local="megabyte"), dict(n_layer=2.5),
+    dict(parity="yes"), dict(local="transformer", local_embd=18, n_head=4), dict(n_stream_types=0),
+])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        BitLMConfig(**bad)
+
+
+def test_config_defaults_are_a_about_1m_param_byte_patch_model():
+    c = BitLMConfig()
+    assert (c.patch_size, c.parity, c.block_size, c.local, c.n_patches) == (9, True, 2304, "factorized", 256)
+    assert 0.7e6 < BitTransformerLM(c).num_params() < 1.5e6
+    with pytest.raises(ValueError, match="unknown"):
+        BitLMConfig.from_dict({"hidden_size": 768})
+
+
+# ------------------------------------------------------------------------------------ forward
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_causality(name):
+    """Changing bit t changes no logits at positions ≤ t (and does change some later one)."""
+    model = make(name)
+    T = model.config.block_size - 5                      # ends mid-patch for every p > 1
+    bits = rand_bits(2, T, seed=1)
+    base, _ = model(bits, telemetry=False)
+    for t in [0, 3, 8, 9, 17, T // 2, T - 2]:
+        flipped = bits.clone()
+        flipped[:, t] ^= 1
+        out, _ = model(flipped, telemetry=False)
+        torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(out[:, t + 1:], base[:, t + 1:], atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 5, 9, 40, 72])
+def test_forward_shapes_and_normalised_logits(T):
+    model = make("p9")
+    logits, tel = model(rand_bits(3, T))
+    assert logits.shape == (3, T, 2) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits.exp().sum(-1), torch.ones(3, T))
+    assert tel.p.shape == tel.entropy.shape == (3, T)
+    assert tel.attention_entropy.shape == (2, 2) and tel.attention is None
+    _, tel = model(rand_bits(3, T), return_attention=True)
+    n = -(-T // 9)
+    assert len(tel.attention) == 2 and tel.attention[0].shape == (3, 2, n, n)
+    assert model(rand_bits(2, T), telemetry=False)[1] is None
+
+
+def test_forward_rejects_bad_input():
+    model = make("p9")
+    with pytest.raises(ValueError, match="block_size"):
+        model(rand_bits(1, 73))
+    with pytest.raises(ValueError, match="0 and 1"):
+        model(torch.tensor([[0, 2, 1]]))
+    with pytest.raises(ValueError, match="stream_type"):
+        model(rand_bits(1, 9), stream_type=2)
+    with pytest.raises(ValueError):
+        model(rand_bits(1, 0))
+
+
+def test_parity_bit_is_near_certain_only_for_raw_streams():
+    model = make("p9")
+    bits = framed(8)[None]
+    for name in ("p9", "p9-local"):
+        logits, _ = make(name)(bits)
+        logp_right = logits[0, PARITY_OFFSET::9].gather(-1, bits[0, PARITY_OFFSET::9].long().unsqueeze(-1))
+        assert torch.all(logp_right > -1e-6)
+    logits, _ = model(bits, stream_type=1)
+    assert torch.all(logits[0, PARITY_OFFSET::9].exp() < 0.9)
+
+
+def test_factorized_chain_rule():
+    """The p per-bit CEs of a whole patch add up to the patch's pattern CE."""
+    g = torch.Generator().manual_seed(0)
+    for p in (1, 4, 9):
+        lp = torch.log_softmax(3 * torch.randn(5, 2 ** p, generator=g), -1)
+        patterns = torch.randint(0, 2 ** p, (5,), generator=g)
+        bits = (patterns.unsqueeze(-1) >> torch.arange(p - 1, -1, -1)) & 1
+        per_bit = _gather_bits(_bit_conditionals(lp, p), patterns, p).gather(-1, bits.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(per_bit.sum(-1), lp.gather(-1, patterns.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(_bit_conditionals(lp, p).exp().sum(-1), torch.ones(5, 2 ** p - 1))
+
+
+# ------------------------------------------------------------------------------------ loss
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("T", [36, 40])
+def test_loss_matches_forward_logits(name, T):
+    model = make(name)
+    bits = framed(5, seed=3)[:T].repeat(2, 1) if model.config.parity else rand_bits(2, T, seed=3)
+    bits[1] = rand_bits(T, seed=4)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, 23:] = False                                   # a padded, shorter second row
+    logits, _ = model(bits, telemetry=False)
+    ce = bit_ce(logits, bits)
+    for m in (None, mask):
+        real = torch.ones_like(mask) if m is None else m
+        stats = model.loss(bits, mask=m)
+        torch.testing.assert_close(stats.loss, ce[real].mean(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(stats.nll_bits, (ce * real).sum(1), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats.data_nll_bits + stats.parity_nll_bits, stats.nll_bits, rtol=1e-5, atol=1e-4)
+        assert torch.equal(stats.n_bits, real.sum(1))
+        assert torch.equal(stats.correct, ((logits.argmax(-1) == bits) & real).sum(1))
+        parity_pos = (torch.arange(T) % 9 == PARITY_OFFSET) & model.config.parity
+        torch.testing.assert_close(stats.parity_nll_bits, (ce * real * parity_pos).sum(1), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(stats.n_bytes, (real & ~parity_pos).sum(1) / 8)
+    stats.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_loss_stream_type_per_sample_and_errors():
+    model = make("p9")
+    bits = framed(4).repeat(2, 1)
+    stats = model.loss(bits, stream_type=torch.tensor([0, 1]))
+    assert stats.parity_nll_bits[1] == 0 and stats.n_bytes[1] == 36 / 8 and stats.n_bytes[0] == 4
+    with pytest.raises(ValueError, match="no bits"):
+        model.loss(bits, mask=torch.zeros_like(bits, dtype=torch.bool))
+    with pytest.raises(ValueError, match="shape"):
+        model.loss(bits, mask=torch.ones(2, 5, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------ compressed forward
+
+def assert_same_telemetry(a, b):
+    assert a.scalars() == b.scalars()
+    assert torch.equal(a.p, b.p) and torch.equal(a.entropy, b.entropy)
+    assert torch.equal(a.attention_entropy, b.attention_entropy)
+
+
+@pytest.mark.parametrize("method", ["stored", "rle", "deflate", "auto"])
+def test_forward_compressed_is_identical(method):
+    model = make("p9")
+    rows = [text_to_bits("Hello, bits!")[:72], torch.zeros(72, dtype=torch.uint8), framed(8, seed=5)]
+    for bits in rows:
+        stream = compress_bits(bits, method)
+        logits, tel = model(bits[None])
+        logits_c, tel_c = model.forward_compressed(stream)
+        assert torch.equal(logits_c, logits)
+        assert_same_telemetry(tel_c, tel)
+        assert tel_c.on == "decompressed" and tel.on == "stream"
+    batch = torch.stack(rows)
+    logits, tel = model(batch)
+    logits_c, tel_c = model.forward_compressed([compress_bits(b, method) for b in rows])
+    assert torch.equal(logits_c, logits)
+    assert_same_telemetry(tel_c, tel)
+
+
+@pytest.mark.parametrize("method", ["stored", "rle", "deflate", "auto"])
+def test_forward_compressed_unequal_lengths(method):
+    model = make("p9")
+    rows = [framed(3, seed=1), text_to_bits("Hi there"), torch.ones(40, dtype=torch.uint8)]
+    streams = [compress_bits(b, method) for b in rows]
+    T = max(len(b) for b in rows)
+    padded = torch.zeros(len(rows), T, dtype=torch.uint8)
+    for row, b in zip(padded, rows):
+        row[: len(b)] = b
+    logits_c, tel = model.forward_compressed(streams)
+    assert torch.equal(logits_c, model(padded, telemetry=False)[0])        # same input, same numbers
+    for i, b in enumerate(rows):                                          # each row as if alone
+        torch.testing.assert_close(logits_c[i, : len(b)], model(b[None], telemetry=False)[0][0], rtol=0, atol=1e-6)
+    real = torch.cat(rows)
+    assert tel.K == pytest.approx(negentropy(real))
+    assert tel.C == pytest.approx(lz_complexity(rows[0]))                  # first sequence (see forward)
+    _, tel_s = model.forward_compressed(streams, on="stream")
+    assert tel_s.on == "stream" and tel_s.K == pytest.approx(negentropy(streams))
+    assert tel_s.C == pytest.approx(lz_complexity(streams)) and tel_s.S == tel.S
+
+
+def test_forward_compressed_errors():
+    model = make("p9")
+    with pytest.raises(CodecError):
+        model.forward_compressed(torch.ones(100, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="block_size"):
+        model.forward_compressed(compress_bits(rand_bits(200)))
+    with pytest.raises(ValueError):
+        model.forward_compressed(torch.ones(80, dtype=torch.uint8), on="raw")
+
+
+def test_model_output_decompress():
+    bits = text_to_bits("round trip")
+    assert torch.equal(model_output_decompress(compress_bits(bits)), bits)
+    with pytest.raises(CodecError, match="not a valid compressed stream"):
+        model_output_decompress(rand_bits(90))
+
+
+# ------------------------------------------------------------------------------------ generation
+
+CASES = [
+    ("p9", dict(), 120),
+    ("p9", dict(temperature=0.7, top_p=0.9), 100),
+    ("p9", dict(top_k=1), 50),
+    ("p9-noparity", dict(stream_type=1), 90),
+    ("p4", dict(top_k=2, temperature=1.5), 130),
+    ("p1", dict(), 90),
+    ("p9-local", dict(), 120),
+    ("p3-local", dict(temperature=0.8), 90),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,n", CASES)
+def test_cached_generation_equals_full_recompute(name, kwargs, n):
+    """Same bits and per-bit probabilities (within 1e-5) with the KV cache as with a full forward
+    per bit, through prompts ending mid-patch and context restarts (n exceeds the tiny block_size)."""
+    model = make(name)
+    prompt = text_to_bits("Hey")[:22]
+    cached = model.generate(prompt, n, seed=7, **kwargs)
+    full = model.generate(prompt, n, seed=7, use_cache=False, **kwargs)
+    assert cached.bits.dtype == torch.uint8 and cached.bits.shape == (n,)
+    assert torch.equal(cached.bits, full.bits)
+    torch.testing.assert_close(cached.probs, full.probs, rtol=0, atol=1e-5)
+    assert cached.parity_set == full.parity_set
+
+
+def test_cached_probs_equal_forward_on_the_generated_sequence():
+    model = make("p9", block_size=144)
+    prompt = text_to_bits("ab")[:13]
+    g = model.generate(prompt, 60, seed=3)
+    logits, _ = model(torch.cat([prompt, g.bits])[None], telemetry=False)
+    torch.testing.assert_close(g.probs, logits[0, len(prompt):, 1].exp(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["p9", "p9-local"])
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 1.0, 3.0])
+def test_generated_text_always_passes_strict_parity(name, temperature):
+    model = make(name)
+    for seed in range(3):
+        prompt = text_to_bits("Once upon a time")
+        g = model.generate(prompt, 9 * 12, temperature=temperature, seed=seed)
+        assert g.parity_set == 12
+        assert len(bits_to_bytes(torch.cat([prompt, g.bits]))) == 16 + 12        # strict: raises on any error
+        assert decode_bits(g.bits).parity_errors == 0
+    g = model.generate(text_to_bits("x")[:4], 9 * 5, seed=0)                      # prompt ends mid-frame
+    assert g.parity_set == 5 and decode_bits(torch.cat([text_to_bits("x")[:4], g.bits])[:45]).parity_errors == 0
+
+
+def test_generate_sampling_controls():
+    model = make("p9")
+    prompt = text_to_bits("Hi")
+    assert torch.equal(model.generate(prompt, 40, seed=1).bits, model.generate(prompt, 40, seed=1).bits)
+    greedy = model.generate(prompt, 40, temperature=0)
+    assert torch.equal(greedy.bits, model.generate(prompt, 40, top_k=1, seed=5).bits)
+    assert torch.equal(greedy.bits, model.generate(prompt, 40, top_p=0.5, seed=9).bits)
+    data = torch.arange(40) % 9 != PARITY_OFFSET
+    assert torch.equal(greedy.bits[data], (greedy.probs[data] > 0.5).to(torch.uint8))
+    runs = {tuple(model.generate(prompt, 40, seed=s, temperature=2.0).bits.tolist()) for s in range(4)}
+    assert len(runs) > 1
+    assert model.generate(prompt, 0).bits.shape == (0,)
+    assert model.generate(torch.zeros(0, dtype=torch.uint8), 18, seed=0).parity_set == 2   # empty prompt
+    assert model.generate(text_to_bits("x" * 20), 10, seed=0).bits.shape == (10,)         # prompt > block_size
+
+
+@pytest.mark.parametrize("bad", [dict(n_bits=-1), dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0),
+                                 dict(top_p=1.5), dict(stream_type=3), dict(prompt_bits=torch.tensor([0, 2]))])
+def test_generate_rejects_bad_arguments(bad):
+    args = dict(prompt_bits=text_to_bits("a"), n_bits=9) | bad
+    with pytest.raises(ValueError):
+        make("p9").generate(**args)
+
+
+def test_generate_decompress_output():
+    model = make("p9-noparity")
+    with pytest.raises(CodecError, match="not a valid compressed stream"):
+        model.generate(torch.zeros(0, dtype=torch.uint8), 80, seed=0, stream_type=1, decompress_output=True)
+    assert model.generate(text_to_bits("a"), 9).output is None
+
+
+# ------------------------------------------------------------------------------------ save / load
+
+@pytest.mark.parametrize("name", ["p9", "p9-local", "p1"])
+def test_save_load_round_trip(tmp_path, name):
+    model = make(name, seed=3)
+    bits = rand_bits(2, 30)
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors"}
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    loaded = BitTransformerLM.from_pretrained(tmp_path)
+    assert loaded.config == model.config and not loaded.training
+    assert torch.equal(loaded(bits, telemetry=False)[0], model(bits, telemetry=False)[0])
+    assert json.loads((tmp_path / "config.json").read_text())["patch_size"] == model.config.patch_size
+
+
+def test_load_errors_are_clear(tmp_path):
+    make("p9").save_pretrained(tmp_path / "good")
+    good = tmp_path / "good"
+
+    def clone(name: str):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("config.json", "model.safetensors"):
+            (d / f).write_bytes((good / f).read_bytes())
+        return d
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        BitTransformerLM.from_pretrained(tmp_path)                               # empty folder
+    d = clone("nojson")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("foreign_config")
+    (d / "config.json").write_text(json.dumps({"hidden_size": 768, "model_type": "bert"}))
+    with pytest.raises(ValueError, match="unknown to BitLMConfig"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("bad_value")
+    (d / "config.json").write_text(json.dumps({"patch_size": 8}))
+    with pytest.raises(ValueError, match="config.json"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("truncated")
+    (d / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:300])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("other_shape")
+    (d / "config.json").write_text(json.dumps({**json.loads((good / "config.json").read_text()), "n_embd": 64}))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("foreign_weights")
+    save_file({"encoder.weight": torch.zeros(3)}, d / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        BitTransformerLM.from_pretrained(d)
+    d = clone("pickle_only")
+    (d / "model.safetensors").unlink()
+    torch.save(make("p9").state_dict(), d / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        BitTransformerLM.from_pretrained(d)
