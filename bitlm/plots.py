@@ -1,0 +1,165 @@
+"""Figures and tables for the app: pure functions from training metrics and telemetry to plotly / pandas.
+
+Nothing here touches the model, threads or the UI; every function takes plain rows, arrays or
+a `Telemetry` and returns a `plotly.graph_objects.Figure` or a `pandas.DataFrame`, so the
+Gradio handlers (`bitlm.demo`) and the tests build exactly the same objects.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+# The training-log columns (SPEC §5) the app shows first, in this order; others follow as logged.
+METRIC_COLUMNS = (
+    "step", "elapsed_s", "lr", "bits_per_s", "loss",
+    "raw_loss", "compressed_loss", "direct_loss",
+    "raw_accuracy", "compressed_accuracy", "direct_accuracy",
+    "compression_ratio", "val_loss", "val_accuracy", "val_bits_per_byte",
+)
+# (column, legend name, colour): raw / compressed / direct share a colour across the charts.
+SIDES = (("raw", "raw", "#1f77b4"), ("compressed", "compressed", "#ff7f0e"),
+         ("direct", "direct (reads stream)", "#2ca02c"), ("val", "validation", "#7f7f7f"))
+
+# One line per telemetry number, shown next to the value in the UI (SPEC §4).
+TELEMETRY_EXPLAINED = {
+    "K": "negentropy of the bits: 1 − H(mean bit); 1 = all bits equal, 0 = as many ones as zeros (order)",
+    "K_pred": "negentropy of the predictions: 1 − mean H(p); 1 = the model is certain at every step",
+    "C": "Lempel–Ziv complexity of the bits: ≈ 1 for random bits, near 0 for repetitive ones (novelty)",
+    "C_pred": "Lempel–Ziv complexity of the model's most likely bits",
+    "S": "symbiosis: exp(−mean cross-entropy); the geometric-mean probability given to the actual bits (1 perfect, 0.5 chance)",
+    "symbiosis_kl": "mean cross-entropy in bits per bit (0 perfect, 1 chance)",
+}
+
+
+def metrics_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Training-log rows as a table.
+
+    Takes: dicts as logged by `bitlm.train.Trainer` (missing keys and `None` become NaN).
+    Returns: a DataFrame with the SPEC §5 columns first (those present), then any others, numbers as floats
+    except `step` (int). Empty input gives an empty frame with the standard columns.
+    """
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        return pd.DataFrame(columns=list(METRIC_COLUMNS))
+    known = [c for c in METRIC_COLUMNS if c in df.columns]
+    df = df[known + [c for c in df.columns if c not in known]]
+    for col in df.columns:
+        if col != "step":
+            converted = pd.to_numeric(df[col], errors="coerce")
+            # Keep text columns (e.g. a phase name) rather than turning them into NaN.
+            if converted.notna().any() or df[col].isna().all():
+                df[col] = converted.astype(float)
+    if "step" in df.columns:
+        df["step"] = pd.to_numeric(df["step"], errors="coerce").astype("Int64")
+    return df
+
+
+def _has_values(df: pd.DataFrame, col: str) -> bool:
+    return col in df.columns and bool(pd.to_numeric(df[col], errors="coerce").notna().any())
+
+
+def _line_figure(df: pd.DataFrame, series: Sequence[tuple[str, str, str]], title: str, yaxis: str) -> go.Figure:
+    fig = go.Figure()
+    x = df["step"].astype(float) if "step" in df.columns else pd.Series(range(len(df)), dtype=float)
+    for col, name, colour in series:
+        if not _has_values(df, col):
+            continue
+        y = pd.to_numeric(df[col], errors="coerce")
+        keep = y.notna()
+        # Markers as well as lines: a side that was sampled in only one interval still shows.
+        fig.add_trace(go.Scatter(x=x[keep], y=y[keep], mode="lines+markers", name=name,
+                                 line=dict(color=colour), marker=dict(size=5)))
+    if not fig.data:
+        fig.add_annotation(text="no data yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=yaxis, height=340,
+                      margin=dict(l=50, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.3, yanchor="top"))
+    return fig
+
+
+def loss_figure(df: pd.DataFrame) -> go.Figure:
+    """Next-bit loss (bits per bit) per step: raw, compressed, direct and validation as separate lines."""
+    return _line_figure(df, [(f"{k}_loss", n, c) for k, n, c in SIDES], "Loss", "bits per bit")
+
+
+def accuracy_figure(df: pd.DataFrame) -> go.Figure:
+    """Next-bit accuracy per step: raw, compressed, direct and validation as separate lines."""
+    return _line_figure(df, [(f"{k}_accuracy", n, c) for k, n, c in SIDES], "Accuracy", "fraction of bits")
+
+
+def ratio_figure(df: pd.DataFrame) -> go.Figure:
+    """Compression ratio (original / compressed bits) of the compressed samples per step."""
+    return _line_figure(df, [("compression_ratio", "compression ratio", SIDES[1][2])],
+                        "Compression ratio", "original / compressed")
+
+
+def telemetry_table(values: Mapping[str, float | None]) -> pd.DataFrame:
+    """K, C, S (and their prediction forms) with their one-line meanings.
+
+    Takes: a mapping with any of the keys of `TELEMETRY_EXPLAINED` (e.g. `dataclasses.asdict` of a Telemetry).
+    Returns: DataFrame with columns `name`, `value` (rounded to 4 places, NaN when missing), `meaning`.
+    """
+    rows = []
+    for name, meaning in TELEMETRY_EXPLAINED.items():
+        v = values.get(name)
+        rows.append({"name": name, "value": round(float(v), 4) if v is not None else math.nan, "meaning": meaning})
+    return pd.DataFrame(rows)
+
+
+def probability_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray | None = None,
+                       frame: int = 9, title: str = "Per-position prediction") -> go.Figure:
+    """P(bit = 1) and its entropy H(p) at every position, with the observed bits as dots.
+
+    Takes: 1-D arrays `p` and `entropy` of equal length T, optional observed 0/1 `bits` (length T),
+    and the frame size (9 with parity, 8 without; 0 for a stream without frames) to draw byte boundaries.
+    Returns: a figure with x = bit position, y in [0, 1].
+    Raises: ValueError if the lengths disagree.
+    """
+    p, entropy = np.asarray(p, dtype=float).ravel(), np.asarray(entropy, dtype=float).ravel()
+    if p.shape != entropy.shape or (bits is not None and np.asarray(bits).size != p.size):
+        raise ValueError(f"p, entropy and bits must have the same length (got {p.size}, {entropy.size}"
+                         f"{'' if bits is None else ', ' + str(np.asarray(bits).size)})")
+    x = np.arange(p.size)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=p, mode="lines", name="P(bit = 1)", line=dict(color="#1f77b4")))
+    fig.add_trace(go.Scatter(x=x, y=entropy, mode="lines", name="entropy H(p), bits", line=dict(color="#d62728")))
+    if bits is not None:
+        fig.add_trace(go.Scatter(x=x, y=np.asarray(bits, dtype=float).ravel(), mode="markers", name="actual bit",
+                                 marker=dict(color="#555", size=4, symbol="line-ew-open")))
+    # Frame boundaries help read where each byte starts; skip them when they would be a solid wall.
+    if frame and 0 < p.size // frame <= 120:
+        for b in range(frame, p.size, frame):
+            fig.add_vline(x=b - 0.5, line=dict(color="#ccc", width=1))
+    fig.update_layout(title=title, xaxis_title="bit position", yaxis=dict(range=[-0.05, 1.05]), height=340,
+                      margin=dict(l=50, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.3, yanchor="top"))
+    return fig
+
+
+def attention_heatmap(att: np.ndarray, layer: int, head: int) -> go.Figure:
+    """One head's attention matrix as a heatmap (rows: query patch, columns: key patch).
+
+    Takes: a 2-D array (N, N) of attention weights, and the layer / head numbers for the title.
+    Returns: the heatmap figure.
+    Raises: ValueError if `att` is not square 2-D.
+    """
+    att = np.asarray(att, dtype=float)
+    if att.ndim != 2 or att.shape[0] != att.shape[1]:
+        raise ValueError(f"attention must be a square (N, N) matrix, got shape {tuple(att.shape)}")
+    fig = go.Figure(go.Heatmap(z=att, colorscale="Viridis", zmin=0.0, colorbar=dict(title="weight"),
+                               hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Attention, layer {layer}, head {head}", xaxis_title="key patch (byte)",
+                      yaxis_title="query patch (byte)", yaxis=dict(autorange="reversed"), height=420,
+                      margin=dict(l=60, r=20, t=40, b=50))
+    return fig
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure carrying a short message, for charts that have nothing to show yet."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(height=300, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=20, r=20, t=20, b=20))
+    return fig

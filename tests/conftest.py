@@ -1,0 +1,67 @@
+"""Shared fixtures: an offline environment, a tiny untrained model for handler tests, and the app launched
+on 127.0.0.1 for the gradio_client and browser tests."""
+import os
+
+# Before gradio / huggingface_hub are imported anywhere: no telemetry calls, no hub look-ups.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import socket  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll `predicate()` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def serving(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def tiny_slot(tmp_path_factory):
+    """The app's model slot with no shipped model: the untrained `tiny` fallback."""
+    from bitlm import demo
+    return demo.load_app_model(tmp_path_factory.mktemp("no-model"), fallback_preset="tiny")
+
+
+def launch_app(model_dir, run_root, fallback_preset: str = "tiny"):
+    """Launch the app in this process on a free loopback port; returns (blocks, url)."""
+    import app
+    blocks = app.build_demo(model_dir=model_dir, fallback_preset=fallback_preset, run_root=run_root)
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                  **app.LAUNCH_KWARGS)
+    url = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: serving(url), 30, what="the app to serve")
+    return blocks, url
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """URL of the app (tiny fallback model, runs under a temp folder) serving for the whole session."""
+    blocks, url = launch_app(tmp_path_factory.mktemp("no-model"), tmp_path_factory.mktemp("runs"))
+    yield url
+    blocks.close()

@@ -1,0 +1,110 @@
+"""bitlm.plots: figures and tables built from metrics rows and telemetry arrays."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bitlm import plots
+
+NAN = math.nan
+
+
+def rows():
+    # Step 10 had no compressed samples and step 30 no raw ones: their sides are NaN in those rows.
+    return [
+        {"step": 10, "lr": 1e-3, "raw_loss": 1.0, "raw_accuracy": 0.5, "compressed_loss": NAN,
+         "compressed_accuracy": NAN, "compression_ratio": NAN, "direct_loss": NAN, "extra": "x"},
+        {"step": 20, "lr": 1e-3, "raw_loss": 0.9, "raw_accuracy": 0.6, "compressed_loss": 0.95,
+         "compressed_accuracy": 0.55, "compression_ratio": 1.2, "direct_loss": NAN, "val_loss": 0.97},
+        {"step": 30, "lr": 1e-3, "raw_loss": None, "raw_accuracy": None, "compressed_loss": 0.8,
+         "compressed_accuracy": 0.65, "compression_ratio": 1.3, "direct_loss": NAN},
+    ]
+
+
+def trace(fig, name):
+    matches = [t for t in fig.data if t.name == name]
+    assert len(matches) == 1, [t.name for t in fig.data]
+    return matches[0]
+
+
+def test_metrics_frame_orders_known_columns_and_keeps_nan():
+    df = plots.metrics_frame(rows())
+    assert list(df.columns[:3]) == ["step", "lr", "raw_loss"]
+    assert df.columns[-1] == "extra"  # unknown columns follow the known ones
+    assert df["step"].tolist() == [10, 20, 30]
+    assert math.isnan(df["raw_loss"][2]) and math.isnan(df["compressed_loss"][0])
+    assert df["extra"][0] == "x"
+
+
+def test_metrics_frame_empty_has_standard_columns():
+    df = plots.metrics_frame([])
+    assert df.empty and "raw_loss" in df.columns and "compression_ratio" in df.columns
+
+
+def test_loss_figure_has_one_line_per_side_with_data_and_skips_gaps():
+    fig = plots.loss_figure(plots.metrics_frame(rows()))
+    assert {t.name for t in fig.data} == {"raw", "compressed", "validation"}  # direct: all NaN → no line
+    raw, comp = trace(fig, "raw"), trace(fig, "compressed")
+    assert list(raw.x) == [10, 20] and list(raw.y) == [1.0, 0.9]
+    assert list(comp.x) == [20, 30] and list(comp.y) == [0.95, 0.8]
+    assert "markers" in raw.mode
+
+
+def test_accuracy_and_ratio_figures():
+    df = plots.metrics_frame(rows())
+    acc = plots.accuracy_figure(df)
+    assert list(trace(acc, "raw").y) == [0.5, 0.6]
+    ratio = plots.ratio_figure(df)
+    assert list(trace(ratio, "compression ratio").y) == [1.2, 1.3]
+
+
+def test_figures_of_an_empty_log_say_so():
+    fig = plots.loss_figure(plots.metrics_frame([]))
+    assert not fig.data
+    assert fig.layout.annotations[0].text == "no data yet"
+
+
+def test_telemetry_table_explains_every_number():
+    table = plots.telemetry_table({"K": 0.25, "C": 0.987654321, "S": 0.5})
+    assert list(table["name"]) == list(plots.TELEMETRY_EXPLAINED)
+    by_name = table.set_index("name")
+    assert by_name.loc["K", "value"] == 0.25 and by_name.loc["C", "value"] == 0.9877
+    assert math.isnan(by_name.loc["K_pred", "value"])
+    assert all(len(m) > 20 for m in table["meaning"])
+
+
+def test_probability_figure_draws_p_entropy_bits_and_frames():
+    p = np.linspace(0.1, 0.9, 27)
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    fig = plots.probability_figure(p, h, np.arange(27) % 2, frame=9)
+    assert [t.name for t in fig.data] == ["P(bit = 1)", "entropy H(p), bits", "actual bit"]
+    assert np.allclose(fig.data[0].y, p)
+    assert len(fig.layout.shapes) == 2  # boundaries at bits 9 and 18
+
+
+def test_probability_figure_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        plots.probability_figure(np.zeros(5), np.zeros(4))
+    with pytest.raises(ValueError, match="same length"):
+        plots.probability_figure(np.zeros(5), np.zeros(5), np.zeros(3))
+
+
+def test_attention_heatmap():
+    att = np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]
+    fig = plots.attention_heatmap(att, layer=1, head=2)
+    assert np.allclose(np.array(fig.data[0].z), att)
+    assert "layer 1, head 2" in fig.layout.title.text
+    with pytest.raises(ValueError, match="square"):
+        plots.attention_heatmap(np.zeros((2, 3)), 0, 0)
+
+
+def test_empty_figure_carries_message():
+    assert plots.empty_figure("nothing").layout.annotations[0].text == "nothing"
+
+
+def test_metrics_frame_round_trips_through_csv(tmp_path):
+    df = plots.metrics_frame(rows())
+    df.to_csv(tmp_path / "m.csv", index=False)
+    back = pd.read_csv(tmp_path / "m.csv")
+    assert back["compression_ratio"].tolist()[1:] == [1.2, 1.3]
