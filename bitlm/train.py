@@ -98,9 +98,10 @@ PRESETS: dict[str, tuple[BitLMConfig, dict]] = {
     "small": (BitLMConfig(block_size=1152, n_layer=4, n_head=4, n_embd=128),
               dict(steps=3000, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=100,
                    log_every=25, eval_every=250, eval_bytes=16384)),
-    # The shipped model: 256-byte context.
-    "base": (BitLMConfig(block_size=2304, n_layer=8, n_head=8, n_embd=256),
-             dict(steps=20000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=500,
+    # The shipped model: 256-byte context, ~2.8M parameters, sized for a few CPU hours
+    # (about compute-optimal for ~20M training bytes); use --time-limit to fit the budget.
+    "base": (BitLMConfig(block_size=2304, n_layer=6, n_head=6, n_embd=192),
+             dict(steps=20000, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=200,
                   log_every=50, eval_every=500, eval_bytes=65536)),
 }
 
