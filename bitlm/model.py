@@ -28,7 +28,9 @@ from safetensors.torch import load_model, save_model
 
 from bitlm.bits import parity_of
 from bitlm.codec import DEFAULT_MAX_BITS, CodecError, decompress_bits, stream_info
-from bitlm.telemetry import LN2, Telemetry, attention_entropy, compute_telemetry, lz_complexity, negentropy
+from bitlm.telemetry import (
+    LN2, Telemetry, attention_entropy, compute_telemetry, lz_complexity, mean_over_queries, negentropy,
+)
 
 # Logit penalty on the 256 patterns whose parity bit is wrong: finite (no inf/NaN in losses), yet
 # large enough that P(wrong parity) ~ e^-30 once the 8 data bits are known.
@@ -156,12 +158,14 @@ class _KVCache:
 
 
 class _AttentionProbe:
-    """Collects per-layer attention entropy (and, if asked, the maps) during a forward.
+    """Collects per-layer attention entropy (and, if asked, the maps) during a forward, for the
+    batch rows `rows`, beside scaled_dot_product_attention, so outputs are the same with or without it.
 
-    The maps are recomputed explicitly (softmax(QK^T)) beside scaled_dot_product_attention, only for
-    the batch rows `rows`, so outputs are the same with or without the probe."""
+    Without maps on CPU the entropy costs one fused attention pass: row i's entropy is
+    lse_i - Σ_j a_ij s_ij, and Σ_j a_ij s_ij = scale · q_i · (Σ_j a_ij k_j), attention with V = K;
+    torch's CPU flash kernel returns lse beside it. Otherwise the maps are built explicitly."""
 
-    def __init__(self, rows: torch.Tensor, keep_maps: bool, query_mask: torch.Tensor | None) -> None:
+    def __init__(self, rows: slice, keep_maps: bool, query_mask: torch.Tensor | None) -> None:
         self.rows, self.keep_maps = rows, keep_maps
         self.query_mask = None if query_mask is None else query_mask[rows]
         self.entropy: list[torch.Tensor] = []
@@ -169,10 +173,17 @@ class _AttentionProbe:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor) -> None:
         q, k = q[self.rows].detach(), k[self.rows].detach()
-        n = q.size(-2)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))        # (b, H, N, N)
-        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        att = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        b, H, n, hd = q.shape
+        scale = 1.0 / math.sqrt(hd)
+        if not self.keep_maps and q.device.type == "cpu":
+            y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, True, scale=scale)[:2]
+            ent = (lse - scale * (q * y).sum(-1)) / LN2                                # (b, H, n) bits
+            self.entropy.append(mean_over_queries(ent, self.query_mask))
+            return
+        # a finite mask: masked keys get exactly 0 weight and 0·log 0 stays 0
+        bias = torch.full((n, n), -1e30, device=q.device).triu(1)
+        scores = torch.baddbmm(bias, q.reshape(b * H, n, hd), k.reshape(b * H, n, hd).transpose(1, 2), alpha=scale)
+        att = scores.softmax(dim=-1).view(b, H, n, n)
         self.entropy.append(attention_entropy(att, self.query_mask)[0])
         if self.keep_maps:
             self.maps.append(att)
@@ -433,18 +444,15 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         probe = None
         if telemetry:
             slot_mask = None if mask is None else self._patches(mask.long())[0].any(-1)      # (B, n)
-            if return_attention:
-                rows = torch.arange(B, device=bits.device)
-            else:   # cheap default: the first sequence with real bits
-                rows = torch.zeros(1, dtype=torch.long, device=bits.device) if mask is None else \
-                    mask.any(1).nonzero()[:1, 0]
-            probe = _AttentionProbe(rows, return_attention, slot_mask)
+            first = 0 if mask is None else int(mask.any(1).nonzero()[0, 0])   # first row with real bits
+            probe = _AttentionProbe(slice(None) if return_attention else slice(first, first + 1),
+                                    return_attention, slot_mask)
         h = self._global(patterns, stream, probe)
         logits = self._bit_logprobs(h, bp, patterns, parity_rows).flatten(1, 2)[:, :T]    # (B, T, 2)
         tel = None
         if telemetry:
             tel = compute_telemetry(bits, logits, attention=probe.maps or None, on=on, mask=mask,
-                                    att_entropy=torch.stack(probe.entropy), lz_rows=len(probe.rows))
+                                    att_entropy=torch.stack(probe.entropy), lz_rows=None if return_attention else 1)
         return logits, tel
 
     def loss(self, bits: torch.Tensor, stream_type: int | torch.Tensor = 0, mask: torch.Tensor | None = None) -> LossStats:

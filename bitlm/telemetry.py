@@ -54,25 +54,29 @@ def negentropy_pred(p: torch.Tensor) -> float:
     return float(1.0 - _binary_entropy(_flat_bits(p)).mean())
 
 
-def _clz64(x: np.ndarray) -> np.ndarray:
-    """Leading zero bits of each uint64 (64 for 0)."""
-    n = np.zeros(x.shape, np.int64)
-    for s in (32, 16, 8, 4, 2, 1):
-        empty = (x >> np.uint64(64 - s)) == 0
-        n += np.where(empty, s, 0)
-        x = np.where(empty, x << np.uint64(s), x)
-    return n + (x == 0)
+def _common_prefix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Leading bits two uint64 arrays share (64 where equal)."""
+    d = x ^ y
+    hi = (d >> np.uint64(32)).astype(np.float64)       # halves are exact in float64, so frexp
+    lo = (d & np.uint64(0xFFFFFFFF)).astype(np.float64)  # gives their exact bit lengths
+    return 64 - np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1])
 
 
-def _sparse_min(a: np.ndarray, levels: int) -> np.ndarray:
-    """(levels, R, N) table: t[k, r, i] = min(a[r, i : i + 2**k]), the part past N ignored."""
-    t = np.empty((levels,) + a.shape, a.dtype)
-    t[0] = a
-    for k in range(1, levels):
-        h = 1 << (k - 1)
-        t[k] = t[k - 1]
-        t[k, :, :-h] = np.minimum(t[k - 1, :, :-h], t[k - 1, :, h:])
-    return t
+def _jump_to_smaller(g: np.ndarray, lcp: np.ndarray, items: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each index in items: the nearest index on one side (step -1 left, +1 right) whose g is
+    smaller, and the minimum of `lcp` between them, by pointer jumping: an index whose target is not
+    smaller takes over that target's target (everything in between is larger), so chains shorten
+    geometrically on random input (about 2 log2 n steps per index on the structured inputs tried).
+    g must be -1 at the array's ends (stops). lcp[i]: between i and i+1."""
+    ptr = np.clip(np.arange(g.size) + step, 0, g.size - 1)
+    common = lcp[np.minimum(np.arange(g.size), ptr)].copy()      # lcp with the direct neighbour
+    active = items[g[ptr[items]] > g[items]]
+    while active.size:
+        nxt = ptr[active]
+        common[active] = np.minimum(common[active], common[nxt])
+        ptr[active] = ptr[nxt]
+        active = active[g[ptr[active]] > g[active]]
+    return ptr, common
 
 
 def _longest_copies(rows: list[np.ndarray]) -> np.ndarray:
@@ -87,45 +91,27 @@ def _longest_copies(rows: list[np.ndarray]) -> np.ndarray:
     for r, row in enumerate(rows):
         w[r, :row.size] = row
     span = 1
-    while span < _WINDOW:                               # window doubling: 1, 2, 4, ..., 64 bits
+    while span < _WINDOW:                                # window doubling: 1, 2, 4, ..., 64 bits
         w = (w[:, :-span] << np.uint64(span)) | w[:, span:]
         span *= 2
-    w = w[:, :n]
     lengths = np.array([row.size for row in rows])
-    pos = np.broadcast_to(np.arange(n), (R, n))
-    # positions past a row's end sort last (ties with real windows keep position order)
-    w = np.where(pos < lengths[:, None], w, np.uint64(2**64 - 1))
-    order = np.argsort(w, axis=1, kind="stable")         # (R, n) positions in window order
+    # positions past a row's end sort last and are never "earlier"; a stable sort keeps equal
+    # windows (periodic input) in position order, which keeps the pointer-jumping chains short
+    w = np.where(np.arange(n) < lengths[:, None], w[:, :n], np.uint64(2**64 - 1))
+    order = np.argsort(w, axis=1, kind="stable")          # (R, n) positions in window order
     ws = np.take_along_axis(w, order, axis=1)
-    adj = _clz64(ws[:, 1:] ^ ws[:, :-1])                 # (R, n-1) common prefix of sorted neighbours
-    levels = max(1, int(n).bit_length())
-    # flat (R*n) indexing: row r's item i is r*n + i
-    gmin = _sparse_min(order.astype(np.int64), levels).reshape(levels, -1)
-    g = order.reshape(-1)
-    a = np.broadcast_to(np.arange(n), (R, n)).reshape(-1)
-    base = np.repeat(np.arange(R) * n, n)
-    left, right = a.copy(), a + 1                        # blocks [left, a) and [a+1, right) all ≥ g
-    for k in reversed(range(levels)):
-        step = 1 << k
-        gk = gmin[k]
-        cand = left - step
-        ok = (cand >= 0) & (gk[base + np.maximum(cand, 0)] >= g)
-        left = np.where(ok, cand, left)
-        ok = (right < n) & (gk[base + np.minimum(right, n - 1)] >= g)
-        right = np.where(ok, right + step, right)
-    best = np.zeros(R * n, np.int64)
-    if n > 1:
-        amin = _sparse_min(adj, levels).reshape(-1)       # level k of row r at k*R*(n-1) + r*(n-1)
-        abase = np.repeat(np.arange(R) * (n - 1), n)
-        for lo, hi, has in ((left - 1, a - 1, left > 0), (a, right - 1, right < n)):
-            # min(adj[lo..hi]) = common prefix of sorted items lo and hi+1 (sparse-table range min)
-            k = np.frexp(np.maximum(hi - lo + 1, 1).astype(np.float64))[1] - 1
-            lo_c = k * (R * (n - 1)) + abase + np.clip(lo, 0, n - 2)
-            hi_c = k * (R * (n - 1)) + abase + np.clip(hi - (1 << k) + 1, 0, n - 2)
-            best = np.maximum(best, np.where(has, np.minimum(amin[lo_c], amin[hi_c]), 0))
-    best = best.reshape(R, n)
+    # flat layout: a -1 stop before every row and at the end; row r's sorted item a at 1 + r(n+1) + a
+    g = np.full(R * (n + 1) + 1, -1, np.int64)
+    g[1:].reshape(R, n + 1)[:, :n] = order
+    lcp = np.zeros(g.size, np.int64)
+    lcp[1:].reshape(R, n + 1)[:, :n - 1] = _common_prefix(ws[:, 1:], ws[:, :-1])
+    items = (1 + np.arange(R)[:, None] * (n + 1) + np.arange(n)).reshape(-1)
+    best = np.zeros(items.size, np.int64)
+    for step in (-1, 1):
+        ptr, common = _jump_to_smaller(g, lcp, items, step)
+        best = np.maximum(best, np.where(g[ptr[items]] >= 0, common[items], 0))
     m = np.empty((R, n), np.int64)
-    np.put_along_axis(m, order, np.minimum(best, _WINDOW), axis=1)
+    np.put_along_axis(m, order, np.minimum(best.reshape(R, n), _WINDOW), axis=1)
     return m
 
 
@@ -167,6 +153,15 @@ def lz76_phrases(rows: list[np.ndarray]) -> list[int]:
     return counts
 
 
+def _lz_normalised(groups: list[list[torch.Tensor]]) -> list[float]:
+    """Mean normalised LZ76 complexity of each group of 1-D bit tensors, all parsed in one pass."""
+    arrays = [[a for a in (as_bit_array(r.reshape(-1)) for r in g) if a.size] for g in groups]
+    if not all(arrays):
+        raise ValueError("LZ complexity of an empty bit sequence is undefined; pass at least one bit")
+    counts = iter(lz76_phrases([a for g in arrays for a in g]))
+    return [float(np.mean([next(counts) * math.log2(a.size) / a.size for a in g])) for g in arrays]
+
+
 def lz_complexity(bits: torch.Tensor | list[torch.Tensor]) -> float:
     """Normalised LZ76 complexity C = c·log2(n)/n of a 1-D bit tensor.
 
@@ -177,12 +172,7 @@ def lz_complexity(bits: torch.Tensor | list[torch.Tensor]) -> float:
         rows = [bits] if bits.dim() == 1 else list(bits.reshape(-1, bits.shape[-1]))
     else:
         rows = list(bits)
-    arrays = [as_bit_array(r.reshape(-1)) for r in rows]
-    arrays = [a for a in arrays if a.size]
-    if not arrays:
-        raise ValueError("LZ complexity of an empty bit sequence is undefined; pass at least one bit")
-    counts = lz76_phrases(arrays)
-    return float(np.mean([c * math.log2(a.size) / a.size for c, a in zip(counts, arrays)]))
+    return _lz_normalised([rows])[0]
 
 
 def _cross_entropy_nats(p: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -207,6 +197,15 @@ def symbiosis_kl(p: torch.Tensor, bits: torch.Tensor) -> float:
     return float(_cross_entropy_nats(p, bits).mean() / LN2)
 
 
+def mean_over_queries(entropy: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, N) per-query attention entropies -> (H,) their mean over the batch and the real queries
+    (query_mask (B, N) bool; None = all)."""
+    if query_mask is None:
+        return entropy.mean(dim=(0, 2))
+    w = query_mask[:entropy.shape[0], None, :entropy.shape[2]].to(entropy.dtype)
+    return (entropy * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1.0)
+
+
 def attention_entropy(att: torch.Tensor | list[torch.Tensor], query_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy in bits of each attention row, averaged over batch and query positions.
 
@@ -217,12 +216,7 @@ def attention_entropy(att: torch.Tensor | list[torch.Tensor], query_mask: torch.
     for a in maps:
         if a.dim() != 4:
             raise ValueError(f"attention maps must be (B, H, N, N), got shape {tuple(a.shape)}")
-        ent = torch.special.entr(a.float()).sum(-1) / LN2     # (B, H, N)
-        if query_mask is None:
-            out.append(ent.mean(dim=(0, 2)))
-        else:
-            w = query_mask[:a.shape[0], None, :a.shape[2]].float()
-            out.append((ent * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1.0))
+        out.append(mean_over_queries(torch.special.entr(a.float()).sum(-1) / LN2, query_mask))
     return torch.stack(out)
 
 
@@ -254,8 +248,10 @@ class Telemetry:
         return {k: v for k, v in d.items() if isinstance(v, float)}
 
 
-def _real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
-    return list(x) if mask is None else [row[m] for row, m in zip(x, mask)]
+def _real_rows(x: torch.Tensor, mask: torch.Tensor | None, limit: int | None) -> list[torch.Tensor]:
+    """The first `limit` rows of x that hold real bits, each cut to its real bits."""
+    rows = list(x) if mask is None else [row[m] for row, m in zip(x, mask)]
+    return [r for r in rows if r.numel()][:limit]
 
 
 def compute_telemetry(bits: torch.Tensor, logits: torch.Tensor, attention: list[torch.Tensor] | None = None,
@@ -267,32 +263,37 @@ def compute_telemetry(bits: torch.Tensor, logits: torch.Tensor, attention: list[
     att_entropy (L, H) is given (the model computes it on the fly). mask (B, T) bool marks real bits
     (padded batches); padding is excluded from every scalar. on: "stream" or "decompressed" (a label
     for which bits K and C describe). lz_rows: compute C and C_pred from the first lz_rows non-empty
-    sequences only (LZ parsing is the costly part; None = all rows). Raises ValueError for mismatched shapes, an unknown `on`, or no
-    real bits."""
+    sequences only (LZ parsing is the costly part; None = all rows).
+    Raises ValueError for mismatched shapes, an unknown `on`, or no real bits."""
     if on not in ("stream", "decompressed"):
         raise ValueError(f"on must be 'stream' or 'decompressed', got {on!r}")
-    if bits.dim() == 1:
-        bits, logits = bits[None], logits[None] if logits.dim() == 2 else logits
+    if bits.dim() == 1 and logits.dim() == 2:
+        bits, logits = bits[None], logits[None]
     if logits.shape != bits.shape + (2,):
         raise ValueError(f"logits {tuple(logits.shape)} must be bits {tuple(bits.shape)} + (2,)")
     with torch.no_grad():
-        logp = F.log_softmax(logits.detach().float(), dim=-1)          # (B, T, 2)
-        p = logp[..., 1].exp()                                         # (B, T)
-        entropy = _binary_entropy(p).float()
-        x = bits.long()
-        ce = -logp.gather(-1, x.unsqueeze(-1)).squeeze(-1).double()     # (B, T) nats
-        guess = (logp[..., 1] > logp[..., 0]).to(torch.uint8)
-        real = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
-        if not real.any():
-            raise ValueError("telemetry needs at least one real bit; the mask selects none")
-        mean_ce = ce[real].mean()
+        l0, l1 = logits.detach().float().unbind(-1)
+        lp0, lp1 = -F.softplus(l1 - l0), -F.softplus(l0 - l1)                    # 2-way log-softmax
+        p = lp1.exp()
+        entropy = (torch.special.entr(p) + torch.special.entr(1.0 - p)) / LN2
+        x = bits.to(torch.uint8)
+        ce = torch.where(x == 1, -lp1, -lp0).double()                           # (B, T) nats
+        guess = (lp1 > lp0).to(torch.uint8)
+        if mask is None:
+            x_real, ce_real, h_real = x, ce, entropy
+        else:
+            mask = mask.bool()
+            if not mask.any():
+                raise ValueError("telemetry needs at least one real bit; the mask selects none")
+            x_real, ce_real, h_real = x[mask], ce[mask], entropy[mask]
+        mean_ce = ce_real.mean()
+        c, c_pred = _lz_normalised([_real_rows(x, mask, lz_rows), _real_rows(guess, mask, lz_rows)])
         if att_entropy is None and attention is not None:
             att_entropy = attention_entropy(attention)
         return Telemetry(
-            K=negentropy(x[real]),
-            K_pred=negentropy_pred(p[real]),
-            C=lz_complexity([r for r in _real_rows(x.to(torch.uint8), mask) if r.numel()][:lz_rows]),
-            C_pred=lz_complexity([r for r in _real_rows(guess, mask) if r.numel()][:lz_rows]),
+            K=negentropy(x_real),
+            K_pred=float(1.0 - h_real.double().mean()),
+            C=c, C_pred=c_pred,
             S=float(torch.exp(-mean_ce)),
             symbiosis_kl=float(mean_ce / LN2),
             p=p, entropy=entropy, attention_entropy=att_entropy, attention=attention, on=on,

@@ -12,7 +12,7 @@ from bitlm.codec import CodecError, compress_bits
 from bitlm.model import (
     PARITY_OFFSET, BitLMConfig, BitTransformerLM, _bit_conditionals, _gather_bits, model_output_decompress,
 )
-from bitlm.telemetry import lz_complexity, negentropy
+from bitlm.telemetry import attention_entropy, lz_complexity, negentropy
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, local_layers=1, local_embd=16)
 VARIANTS = {
@@ -94,6 +94,25 @@ def test_forward_shapes_and_normalised_logits(T):
     n = -(-T // 9)
     assert len(tel.attention) == 2 and tel.attention[0].shape == (3, 2, n, n)
     assert model(rand_bits(2, T), telemetry=False)[1] is None
+
+
+@pytest.mark.parametrize("name", ["p9", "p1"])
+def test_attention_telemetry(name):
+    """The cheap default attention entropy (first sequence, fused kernel) equals the one computed from
+    the explicit maps; maps are causal distributions over patch slots."""
+    model = make(name)
+    bits = rand_bits(3, 40, seed=2)
+    _, cheap = model(bits)
+    _, full = model(bits[:1], return_attention=True)
+    torch.testing.assert_close(cheap.attention_entropy, full.attention_entropy, rtol=0, atol=1e-4)
+    torch.testing.assert_close(full.attention_entropy, attention_entropy(full.attention), rtol=0, atol=1e-6)
+    for att in full.attention:
+        n = att.shape[-1]
+        torch.testing.assert_close(att.sum(-1), torch.ones(att.shape[:-1]))
+        assert torch.all(att[..., ~torch.ones(n, n, dtype=torch.bool).tril()] == 0)
+    assert cheap.C == pytest.approx(lz_complexity(bits[0]))                # first sequence by default
+    _, every = model(bits, return_attention=True)
+    assert every.C == pytest.approx(lz_complexity(bits))                   # whole batch when asked
 
 
 def test_forward_rejects_bad_input():
