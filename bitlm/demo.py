@@ -367,9 +367,13 @@ def telemetry(slot: ModelSlot, source: str, text: str | None, view: str, last: d
     stream itself (stream type 1) and K/C describe the stream. Long inputs keep their last `block_size` bits.
     Returns: a `TelemetryResult`; failures come back as a status message.
     """
+    notes = []
+    if source == "last generation" and not last:
+        if text is None or not text.strip():
+            raise InputError("There is no generation yet", "generate something in the Generate tab, or type a text below")
+        notes.append("There is no generation yet, so this is the telemetry of the text below.")
+        source = "text below"
     if source == "last generation":
-        if not last:
-            raise InputError("There is no generation yet", "generate something in the Generate tab, or choose “text below”")
         bits, parity = torch.cat([last["prompt_bits"], last["new_bits"]]), last["parity"]
     elif source == "text below":
         parity = slot.model.config.parity
@@ -379,7 +383,6 @@ def telemetry(slot: ModelSlot, source: str, text: str | None, view: str, last: d
     if view not in TELEMETRY_VIEWS:
         raise InputError(f"Unknown view {view!r}", f"choose one of {', '.join(TELEMETRY_VIEWS)}")
     frame = frame_bits(parity)
-    notes = []
     with slot.use() as model:
         # The stream view needs room for the codec header; crop whole frames from the front.
         room = model.config.block_size - (HEADER_BITS if view == "compressed stream" else 0)

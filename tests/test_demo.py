@@ -212,6 +212,12 @@ def test_bad_telemetry_input(tiny_slot, source, text, view, fragment):
     assert_friendly(result.status, fragment)
 
 
+def test_telemetry_without_a_generation_falls_back_to_the_text(tiny_slot):
+    result = demo.telemetry(tiny_slot, "last generation", "Hello", "decompressed bits", None)
+    assert "no generation yet" in result.status and result.status.startswith("✓")
+    assert len(result.probability.data[0].y) == 5 * 9
+
+
 def test_heatmap_clamps_layer_and_head(tiny_slot):
     attention = demo.telemetry(tiny_slot, "text below", "Hello", "decompressed bits", None).attention
     fig = demo.heatmap(attention, 99, -3)
