@@ -3,8 +3,9 @@
 Trains each variant for the same wall-clock budget on the training split of a corpus (same
 global transformer, same batch of windows of the same number of bytes, same schedule) and
 scores all of them on the same held-out text (the last 10 % of every document). The
-byte-level model is `patch_size=8, parity=False`: a causal transformer over bytes with a
-256-row embedding table and a 256-way softmax head, i.e. a plain byte-level transformer.
+byte-level model is `bitlm.model.byte_level_config` (`patch_size=8, parity=False`): a causal
+transformer over bytes with a 256-row embedding table and a 256-way softmax head, i.e. a plain
+byte-level transformer.
 
     python bench/local_model.py --corpus shakespeare --minutes 10
 """
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
+from bitlm.model import byte_level_config  # noqa: E402
 from bitlm.train import Trainer, make_configs  # noqa: E402
 
 BYTES_PER_WINDOW = 128
@@ -32,7 +34,7 @@ def variants(preset: str) -> dict:
     return {
         "bit, factorized local (p=9)": bits9,
         "bit, transformer local (p=9)": replace(bits9, local="transformer"),
-        "byte-level (p=8, no parity)": replace(base, patch_size=8, parity=False, block_size=8 * BYTES_PER_WINDOW),
+        "byte-level (p=8, no parity)": byte_level_config(bits9),
     }
 
 

@@ -1,11 +1,18 @@
-"""Held-out evaluation: a model's bits per byte beside classic compressors on the same bytes.
+"""Held-out evaluation: a model's bits per byte beside classic compressors on the same bytes,
+and the word-level check of generated text.
 
-`evaluate_model` scores text in consecutive, non-overlapping windows of the model's block
-size (each window starts with an empty context, so this slightly overstates the loss of
-a model that could see the preceding text; it is what training's validation reports).
+`evaluate_model` scores every byte of a text exactly once. By default it uses consecutive,
+non-overlapping windows of the model's block size (each window starts with an empty context,
+so this overstates the loss of a model that could see the preceding text; it is what
+training's validation reports). With `stride_bits` the windows slide: after the first
+window, each window ends `stride_bits` later and scores only its bytes not scored before, so
+every byte past the first window is predicted with at least block - stride bits of context
+(stride = half the block: at least half a block), at block / stride times the cost.
 `classic_bits_per_byte` gives zlib -9, bz2 -9 and lzma -9e on the same bytes.
+`vocabulary` and `word_share` measure how much of a text is made of words of a reference text
+(alphabetic runs, case-folded).
 
-    python -m bitlm.evaluate runs/x --corpus pydoc --max-bytes 100000
+    python -m bitlm.evaluate runs/x --corpus pydoc --max-bytes 100000 --stride 576
 """
 from __future__ import annotations
 
@@ -13,39 +20,78 @@ import argparse
 import bz2
 import lzma
 import math
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
+from bitlm.bits import bytes_to_bits, frame_bits
 from bitlm.data import BitDataset, load_corpus, split_corpus
 from bitlm.model import BitTransformerLM
 
+WORD = re.compile(r"[A-Za-z]+")
+
+
+def _sliding_windows(raw: bytes, window: int, stride: int, parity: bool,
+                     batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Windows of `window` bytes ending at window, window + stride, ... (the last at the end of
+    `raw`), each with a mask of the bits it scores: all of the first window, then the bytes past
+    the previous window's end. Yields ((B, T) bits, (B, T) bool mask or None for all)."""
+    if len(raw) <= window:
+        yield bytes_to_bits(raw, parity=parity).unsqueeze(0), None
+        return
+    ends = torch.tensor(list(range(window, len(raw), stride)) + [len(raw)])         # (W,)
+    scored_from = torch.cat([torch.zeros(1, dtype=ends.dtype), ends[:-1]])          # (W,) previous end
+    data = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())              # (N,)
+    frame = frame_bits(parity)
+    positions = torch.arange(window * frame)                                         # (T,)
+    for i in range(0, len(ends), batch_size):
+        start = ends[i:i + batch_size] - window                                      # (B,)
+        windows = data[start[:, None] + torch.arange(window)]                        # (B, window)
+        bits = bytes_to_bits(windows.numpy().tobytes(), parity=parity).view(len(start), -1)
+        first_scored = (scored_from[i:i + batch_size] - start) * frame               # (B,) in bits
+        yield bits, positions >= first_scored[:, None]
+
 
 def evaluate_model(model: BitTransformerLM, data: str | bytes, batch_size: int = 8,
-                   block_bits: int | None = None) -> dict:
+                   block_bits: int | None = None, stride_bits: int | None = None) -> dict:
     """Next-bit metrics of `model` on `data`, every byte scored exactly once.
 
-    Takes: the model, text (UTF-8 encoded) or bytes, windows per forward, and the window
-    length in bits (default: the model's block size, rounded down to whole frames).
+    Takes: the model, text (UTF-8 encoded) or bytes, windows per forward, the window
+    length in bits (default: the model's block size, rounded down to whole frames), and
+    the stride in bits (rounded down to whole frames; default None: non-overlapping
+    windows, as training's validation). With a stride every byte after the first window is
+    scored with at least window - stride bits of context (see the module docstring).
     Returns: `bits_per_byte` (cross-entropy summed over the 8 data bits of each byte,
     per byte), `parity_loss` (bits per parity bit; NaN without parity framing),
-    `accuracy` (argmax-correct next bits, all positions), `loss` (bits per bit, all
-    positions), `n_bytes`, `n_bits`.
-    Raises: `ValueError` for empty data.
+    `accuracy` (argmax-correct next bits, scored positions), `loss` (bits per bit, scored
+    positions), `n_bytes`, `n_bits` (scored).
+    Raises: `ValueError` for empty data, or a stride shorter than one frame or longer than
+    the window.
     """
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if not raw:
         raise ValueError("nothing to evaluate: the text is empty")
     parity = model.config.parity
+    frame = frame_bits(parity)
+    block_bits = block_bits or model.config.block_size
+    if stride_bits is None:
+        batches = ((bits, None) for bits in BitDataset([raw], parity=parity).iter_windows(block_bits, batch_size))
+    else:
+        window, stride = block_bits // frame, stride_bits // frame
+        if not 1 <= stride <= window:
+            raise ValueError(f"stride_bits={stride_bits} must hold between one {frame}-bit frame and the "
+                             f"window ({window * frame} bits); half the window is the usual choice")
+        batches = _sliding_windows(raw, window, stride, parity, batch_size)
     totals = dict(nll=0.0, data_nll=0.0, parity_nll=0.0, bits=0.0, correct=0.0, bytes=0.0)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for bits in BitDataset([raw], parity=parity).iter_windows(block_bits or model.config.block_size,
-                                                                       batch_size):
-                stats = model.loss(bits)
+            for bits, mask in batches:
+                stats = model.loss(bits, mask=mask)
                 totals["nll"] += stats.nll_bits.sum().item()
                 totals["data_nll"] += stats.data_nll_bits.sum().item()
                 totals["parity_nll"] += stats.parity_nll_bits.sum().item()
@@ -58,6 +104,27 @@ def evaluate_model(model: BitTransformerLM, data: str | bytes, batch_size: int =
             "parity_loss": totals["parity_nll"] / totals["bytes"] if parity else math.nan,
             "accuracy": totals["correct"] / totals["bits"], "loss": totals["nll"] / totals["bits"],
             "n_bytes": int(totals["bytes"]), "n_bits": int(totals["bits"])}
+
+
+def words(text: str) -> list[str]:
+    """The alphabetic words of `text` (maximal runs of A-Z / a-z), case-folded, in order."""
+    return [w.casefold() for w in WORD.findall(text)]
+
+
+def vocabulary(texts: Iterable[str]) -> set[str]:
+    """Every case-folded alphabetic word (see `words`) of the texts."""
+    return {w for text in texts for w in words(text)}
+
+
+def word_share(text: str, vocab: set[str]) -> dict:
+    """How many of the words of `text` (see `words`) are in `vocab` (case-folded words).
+
+    Returns: `words` (count), `known` (count in `vocab`), `share` (known / words, NaN when
+    the text has no word).
+    """
+    found = words(text)
+    known = sum(w in vocab for w in found)
+    return {"words": len(found), "known": known, "share": known / len(found) if found else math.nan}
 
 
 def classic_bits_per_byte(data: bytes) -> dict[str, float]:
@@ -90,14 +157,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out tail of every document (default: 0.1)")
     p.add_argument("--max-bytes", type=int, help="score only the first N bytes of the split (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--stride", type=int, metavar="BITS",
+                   help="sliding windows advancing this many bits (half the block size gives every byte "
+                        "after the first window at least half a block of context; block/stride times the "
+                        "cost) (default: non-overlapping windows, as training's validation)")
     args = p.parse_args(argv)
 
     model = BitTransformerLM.from_pretrained(find_checkpoint(args.checkpoint, names=("best", "last")))
     corpus = load_corpus(args.corpus[0] if len(args.corpus) == 1 else args.corpus)
     texts = corpus.documents if args.split == "all" else split_corpus(corpus, args.val_fraction)[1]
     data = b"".join(t.encode("utf-8") for t in texts)[:args.max_bytes]
-    result = evaluate_model(model, data, batch_size=args.batch_size)
-    print(f"{corpus.name}, {args.split} split: {len(data):,} bytes; model {model.num_params():,} parameters\n")
+    result = evaluate_model(model, data, batch_size=args.batch_size, stride_bits=args.stride)
+    windows = "non-overlapping windows" if args.stride is None else f"sliding windows, stride {args.stride} bits"
+    print(f"{corpus.name}, {args.split} split: {len(data):,} bytes; model {model.num_params():,} parameters; "
+          f"{windows} of {model.config.block_size} bits\n")
     print(f"{'method':<10} {'bits/byte':>9}")
     print(f"{'model':<10} {result['bits_per_byte']:>9.4f}   (parity loss {result['parity_loss']:.4f} bits, "
           f"accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} bits/bit)")

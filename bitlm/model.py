@@ -26,7 +26,7 @@ from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from bitlm.bits import parity_of
+from bitlm.bits import frame_bits, parity_of
 from bitlm.codec import DEFAULT_MAX_BITS, CodecError, decompress_bits, stream_info
 from bitlm.telemetry import (
     LN2, Telemetry, attention_entropy, compute_telemetry, lz_complexity, mean_over_queries, negentropy,
@@ -102,6 +102,21 @@ class BitLMConfig:
         if unknown:
             raise ValueError(f"keys unknown to BitLMConfig: {unknown}")
         return cls(**d)
+
+
+def byte_level_config(config: BitLMConfig) -> BitLMConfig:
+    """The byte-level twin of a bit model: the same global transformer over the same bytes of context,
+    with `patch_size=8, parity=False` and the factorized local model, i.e. a plain byte-level
+    transformer (a 256-row embedding and a tied 256-way softmax head).
+
+    Takes: a BitLMConfig (its context in bytes is block_size // frame bits, 9 with parity, else 8).
+    Returns: the twin's BitLMConfig (from a factorized p=9 model, the parameters differ only by the
+    pattern table: 512 vs 256 rows of n_embd).
+    Raises: ValueError when the context holds no whole byte."""
+    context_bytes = config.block_size // frame_bits(config.parity)
+    if context_bytes < 1:
+        raise ValueError(f"block_size {config.block_size} holds no whole byte; a byte-level twin needs at least one")
+    return replace(config, patch_size=8, parity=False, local="factorized", block_size=8 * context_bytes)
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """Held-out evaluation and the classic-compressor baseline (bitlm.evaluate)."""
 import bz2
 import lzma
+import math
 import zlib
 
 import pytest
 import torch
 
+from bitlm.bits import bytes_to_bits
 from bitlm.data import load_corpus
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model, main
 from bitlm.model import BitTransformerLM
@@ -46,6 +48,51 @@ def test_metrics_are_consistent_and_do_not_depend_on_batching():
         evaluate_model(model, "")
 
 
+def sliding_reference_bpb(model: BitTransformerLM, raw: bytes, window: int, stride: int) -> float:
+    """Bits per byte from the definition: byte i is scored in the first window (ending at window,
+    window + stride, ..., len(raw)) that ends after it, from that window's full forward logits."""
+    ends = list(range(window, len(raw), stride)) + [len(raw)]
+    ce = {}                                                              # window end -> (T,) CE in bits
+    total = 0.0
+    for i in range(len(raw)):
+        end = next(e for e in ends if e > i)
+        start = max(0, end - window)
+        assert i < window or i - start >= window - stride                # the context guarantee
+        if end not in ce:
+            bits = bytes_to_bits(raw[start:end]).long()
+            logits, _ = model(bits.unsqueeze(0), telemetry=False)       # (1, T, 2) log-probs
+            ce[end] = -logits[0].gather(1, bits[:, None])[:, 0] / math.log(2)
+        total += ce[end][9 * (i - start):9 * (i - start) + 8].sum().item()   # the byte's 8 data bits
+    return total / len(raw)
+
+
+@pytest.mark.parametrize("stride_bytes", [3, 16])
+def test_sliding_windows_score_every_byte_once_with_context(stride_bytes):
+    model = tiny_model(1)
+    raw = TEXT.encode()[:157]                          # the tiny block is 144 bits = 16 bytes
+    r = evaluate_model(model, raw, batch_size=3, stride_bits=9 * stride_bytes + 4)   # rounds down to frames
+    assert r["n_bytes"] == len(raw) and r["n_bits"] == 9 * len(raw)
+    assert r["bits_per_byte"] == pytest.approx(sliding_reference_bpb(model, raw, 16, stride_bytes), rel=1e-4)
+
+
+def test_sliding_windows_edge_cases():
+    model = tiny_model(2)
+    raw = TEXT.encode()[:160]                          # exactly 10 windows of 16 bytes
+    plain = evaluate_model(model, raw)
+    full_stride = evaluate_model(model, raw, batch_size=4, stride_bits=144)
+    for k in ("bits_per_byte", "parity_loss", "accuracy", "loss"):
+        assert full_stride[k] == pytest.approx(plain[k], rel=1e-5)
+    short = TEXT.encode()[:10]                         # shorter than a window: one window, as without a stride
+    assert evaluate_model(model, short, stride_bits=72) == pytest.approx(evaluate_model(model, short))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    assert evaluate_model(model, raw, stride_bits=72)["bits_per_byte"] == pytest.approx(8.0)
+    for bad in (8, 153):
+        with pytest.raises(ValueError, match="stride_bits"):
+            evaluate_model(model, raw, stride_bits=bad)
+
+
 def test_classic_compressors_match_spec_reference_on_pydoc():
     data = "\n".join(load_corpus("pydoc").documents).encode()
     assert len(data) == 466_195
@@ -78,3 +125,5 @@ def test_cli_prints_model_beside_compressors(tmp_path, capsys):
     tiny_model().save_pretrained(plain)
     main([str(plain), "--corpus", str(corpus_file), "--split", "all"])
     assert f"{len((TEXT * 5).encode()):,} bytes" in capsys.readouterr().out
+    main([str(plain), "--corpus", str(corpus_file), "--split", "all", "--stride", "72"])
+    assert "sliding windows, stride 72 bits" in capsys.readouterr().out

@@ -1,0 +1,140 @@
+"""Is the shipped model's generated text made of real words, and does it always decode?
+
+Generates --bytes bytes (default 2,000) after each of a few prompts at temperature 0.8 with fixed
+seeds (prompt i uses --seed + i), then reports per generation and overall:
+  * the share of its alphabetic words ([A-Za-z]+, case-folded) that occur in the vocabulary of the
+    corpus's training split; a word cut by the byte limit at the end, or begun in the prompt, is not
+    counted. The baseline is the same share for the held-out split (real text the model never saw);
+  * whether it passes STRICT decoding (`bits_to_text(..., errors="strict")`: every parity bit right,
+    valid UTF-8, whole frames), with the first error when it does not.
+Prints one table and the start of the first sample.
+
+    python bench/sample_quality.py                           # shipped model in assets/, shakespeare
+    python bench/sample_quality.py --model runs/x --corpus pydoc --threads 1
+"""
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.quality import machine_line  # noqa: E402
+from bitlm.bits import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
+from bitlm.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.evaluate import vocabulary, word_share  # noqa: E402
+from bitlm.model import BitTransformerLM  # noqa: E402
+from bitlm.train import find_checkpoint  # noqa: E402
+
+PROMPTS = (
+    "KING.\n",
+    "HAMLET.\nTo be, or not to be, that is the question:\n",
+    "SCENE I. A street.\n\n[Enter two Gentlemen.]\n\n",
+    "QUEEN.\nMy lord, ",
+)
+LEADING_LETTERS = re.compile(r"\A[A-Za-z]+")
+TRAILING_LETTERS = re.compile(r"[A-Za-z]+\Z")
+
+
+def strict_decode(bits: torch.Tensor, parity: bool) -> tuple[str, str | None]:
+    """Decode generated bits strictly.
+
+    Returns: (text, None) when every frame has the right parity bit and the bytes are valid UTF-8;
+    otherwise (the lenient decoding with U+FFFD marks, the strict decoder's error message)."""
+    try:
+        return bits_to_text(bits, parity=parity, errors="strict"), None
+    except BitDecodeError as e:
+        return decode_bits(bits, parity=parity).text, str(e)
+
+
+def scored_text(prompt: str, generated: str) -> str:
+    """The generated text without the partial words at its edges: the end of a word the prompt began
+    (when the prompt ends with a letter) and a word the byte limit may have cut (when it ends with one)."""
+    if LEADING_LETTERS.match(prompt[-1:]):
+        generated = LEADING_LETTERS.sub("", generated)
+    return TRAILING_LETTERS.sub("", generated)
+
+
+def sample(model: BitTransformerLM, prompt: str, n_bytes: int, temperature: float, seed: int,
+           vocab: set[str]) -> dict:
+    """Generate n_bytes after prompt and measure them (see the module docstring).
+
+    Returns: prompt, seed, text, strict_error (None when strict decoding passed), seconds, and
+    word_share's words / known / share of the scored text."""
+    parity = model.config.parity
+    t0 = time.perf_counter()
+    gen = model.generate(text_to_bits(prompt, parity=parity), n_bytes * frame_bits(parity),
+                         temperature=temperature, seed=seed)
+    seconds = time.perf_counter() - t0
+    text, error = strict_decode(gen.bits, parity)
+    return dict(prompt=prompt, seed=seed, text=text, strict_error=error, seconds=seconds,
+                **word_share(scored_text(prompt, text), vocab))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark and print its table. Returns the per-prompt results (for tests)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets", help="a save_pretrained folder or a run folder (its best/, "
+                    "else last/ checkpoint) (default: assets)")
+    ap.add_argument("--corpus", default="shakespeare", help="corpus name or path whose training split gives the "
+                    "vocabulary (default: shakespeare)")
+    ap.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: four Shakespeare "
+                    "openings)")
+    ap.add_argument("--bytes", type=int, default=2000, help="bytes to generate per prompt (default: 2000)")
+    ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the first prompt; prompt i uses seed + i "
+                    "(default: 1234)")
+    ap.add_argument("--sample-chars", type=int, default=600, help="characters of the first sample to print")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads (default: torch's default, all cores)")
+    args = ap.parse_args(argv)
+    if args.bytes < 1:
+        ap.error(f"--bytes must be at least 1, got {args.bytes}")
+    torch.set_num_threads(args.threads)
+
+    try:
+        checkpoint = find_checkpoint(args.model, names=("best", "last"))
+    except FileNotFoundError as e:
+        ap.error(f"{e}. Train the shipped model first (issue 6) or pass --model RUN_OR_CHECKPOINT")
+    model = BitTransformerLM.from_pretrained(checkpoint)
+    corpus = load_corpus(args.corpus)
+    train_texts, val_texts = split_corpus(corpus)
+    vocab = vocabulary(train_texts)
+    reference = word_share("".join(val_texts), vocab)
+    prompts = args.prompt or list(PROMPTS)
+    print(machine_line() + " (start)")
+    print(f"model {checkpoint} ({model.num_params():,} parameters); vocabulary: {len(vocab):,} words of the "
+          f"{corpus.name} training split; {args.bytes:,} bytes per prompt at temperature {args.temperature:g}\n",
+          flush=True)
+
+    results = []
+    for i, prompt in enumerate(prompts):
+        r = sample(model, prompt, args.bytes, args.temperature, args.seed + i, vocab)
+        results.append(r)
+        print(f"  {prompt!r}: {r['share']:.1%} of {r['words']} words known, strict decode "
+              f"{'passed' if r['strict_error'] is None else 'FAILED'} ({r['seconds']:.0f} s)", flush=True)
+
+    words, known = sum(r["words"] for r in results), sum(r["known"] for r in results)
+    overall = known / words if words else float("nan")
+    passed = sum(r["strict_error"] is None for r in results)
+    print("\n| text | seed | words | in training vocabulary | × held-out text | strict decode | bytes/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        status = "pass" if r["strict_error"] is None else f"FAIL: {r['strict_error']}"
+        print(f"| generated after {r['prompt']!r} | {r['seed']} | {r['words']} | {r['share']:.1%} "
+              f"| {r['share'] / reference['share']:.3f} | {status} | {args.bytes / r['seconds']:.0f} |")
+    print(f"| all generations | — | {words} | {overall:.1%} | {overall / reference['share']:.3f} "
+          f"| {passed}/{len(results)} pass | — |")
+    print(f"| held-out {corpus.name} text (baseline) | — | {reference['words']} | {reference['share']:.1%} "
+          f"| 1.000 | — | — |")
+    first = results[0]
+    print(f"\nsample (seed {first['seed']}, first {args.sample_chars} characters after the prompt):\n")
+    print(first["prompt"] + first["text"][:args.sample_chars])
+    print("\n" + machine_line() + " (end)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
