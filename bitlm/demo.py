@@ -619,7 +619,7 @@ class TrainingSession:
         """Put a copy of the finished run's model into `slot` for Generate and Telemetry. Returns: a status line."""
         with self._lock:
             trainer = self._finished_trainer()
-            model = copy.deepcopy(trainer.model)
+            model = copy.deepcopy(trainer.model).cpu()  # the app generates on the CPU; training may use a GPU
             step = int(trainer.metrics[-1]["step"])
         slot.swap(model, f"trained in this session ({self._label}, {step} steps)")
         return ok(f"Generate and Telemetry now use the model trained for {step} steps.")

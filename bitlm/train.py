@@ -8,8 +8,13 @@ lossless) before the model and is accounted to the compressed side, else to the 
 One forward serves all uncompressed-view sequences; per-sample `LossStats` split it into
 `raw_*` and `compressed_*` metrics. A run folder holds `metrics.jsonl` (one row per log
 step, SPEC §5 names), and the `last/` and `best/` checkpoints, each replaced atomically.
+The same loop runs on a CUDA GPU (`--device`, bf16 autocast with `--amp`) and under torchrun
+(`bitlm.distributed`): every rank draws the same global batch and its compression decisions
+from the shared seed and trains on its slice of rows, so N ranks compute what one process
+would on the whole batch; DDP averages the gradients and only rank 0 writes files.
 
     python -m bitlm.train --corpus shakespeare --preset small --steps 5000 --out runs/x
+    torchrun --nproc_per_node 4 -m bitlm.train --corpus shakespeare --preset base --out runs/y
 """
 from __future__ import annotations
 
@@ -18,22 +23,26 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from bitlm import distributed
 from bitlm.codec import METHODS, CodecError, compress_batch, decompress_batch
 from bitlm.data import BitDataset, Corpus, CorpusError, load_corpus, split_corpus
+from bitlm.distributed import DistContext, DistributedError
 from bitlm.evaluate import evaluate_model
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.model import BitLMConfig, BitTransformerLM, LossStats
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -48,7 +57,10 @@ class TrainConfig:
     folder, so a resumed run continues towards the same targets; whichever comes first
     ends the run, and the cosine schedule reaches `min_lr` at that point. Warm-up is capped
     at 10 % of `steps` so that short runs still anneal. `out_dir=None` trains in memory
-    without writing files.
+    without writing files. `batch_size` is the global batch: under torchrun each of the N
+    processes trains on batch_size / N of its sequences. `device` is None (auto: this rank's
+    GPU when there is one), "cpu", "cuda" or "cuda:N"; `amp` runs the forward under bf16
+    autocast; `dist_timeout` (seconds) bounds every wait on the other processes.
     """
     corpus: str | list[str] = "pydoc"
     preset: str = "small"
@@ -71,6 +83,9 @@ class TrainConfig:
     log_every: int = 25
     eval_every: int = 250          # also the checkpoint interval; 0: only at the end
     eval_bytes: int = 16384
+    device: str | None = None
+    amp: bool = False
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         for name in ("compress_prob", "direct_prob"):
@@ -85,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit must be a positive number of minutes, got {self.time_limit}")
+        if self.dist_timeout <= 0:
+            raise ValueError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
+        if self.device not in (None, "auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.codec_method not in METHODS:
             raise ValueError(f"codec_method must be one of {METHODS}, got {self.codec_method!r}")
 
@@ -130,14 +149,17 @@ class Batch:
 
 def prepare_batch(bits: torch.Tensor, compress_prob: float, direct_prob: float,
                   generator: torch.Generator | None = None, method: str = "auto",
-                  max_stream_bits: int | None = None) -> Batch:
+                  max_stream_bits: int | None = None, rows: slice = slice(None)) -> Batch:
     """Decide per sequence: direct stream (p=direct_prob), else compressed (p=compress_prob), else raw.
 
-    Takes: (B, T) 0/1 windows; `max_stream_bits` crops direct streams (the model's block size).
-    Returns: a `Batch`. Compressed rows are the codec round trip of the original rows.
+    Takes: (B, T) 0/1 windows; `max_stream_bits` crops direct streams (the model's block size);
+    `rows`, the rows to keep (a rank's share). The decisions are drawn for all B rows first, so a
+    row's fate and the generator's state do not depend on how the batch is shared out.
+    Returns: a `Batch` of the kept rows. Compressed rows are the codec round trip of the originals.
     Raises: `CodecError` if a round trip is not lossless.
     """
-    u = torch.rand(bits.shape[0], 2, generator=generator)  # (B, 2)
+    u = torch.rand(bits.shape[0], 2, generator=generator)[rows]  # (B', 2)
+    bits = bits[rows]
     is_direct = u[:, 0] < direct_prob
     compressed = u[~is_direct, 1] < compress_prob
     view = bits[~is_direct]  # (Bu, T), a copy (boolean indexing)
@@ -160,46 +182,68 @@ def prepare_batch(bits: torch.Tensor, compress_prob: float, direct_prob: float,
     return Batch(view if view.shape[0] else None, compressed, original_bits, stream_bits, direct, direct_mask)
 
 
-@dataclass
-class _Side:
-    """Sums of one side's per-sample loss stats over a log interval."""
-    nll: float = 0.0
-    bits: float = 0.0
-    correct: float = 0.0
-    samples: int = 0
-
-    def add(self, stats, rows: torch.Tensor | slice = slice(None)) -> None:
-        self.nll += stats.nll_bits[rows].sum().item()
-        self.bits += stats.n_bits[rows].sum().item()
-        self.correct += stats.correct[rows].sum().item()
-        self.samples += stats.nll_bits[rows].numel()
-
-    def metrics(self, prefix: str) -> dict:
-        return {f"{prefix}_loss": _div(self.nll, self.bits), f"{prefix}_accuracy": _div(self.correct, self.bits),
-                f"{prefix}_samples": self.samples}
+_SIDES = ("raw", "compressed", "direct")
 
 
-@dataclass
 class _Interval:
-    """What happened since the last logged row."""
-    raw: _Side = field(default_factory=_Side)
-    compressed: _Side = field(default_factory=_Side)
-    direct: _Side = field(default_factory=_Side)
-    original_bits: int = 0
-    stream_bits: int = 0
-    loss: float = 0.0
-    steps: int = 0
-    data_bits: int = 0
-    seconds: float = 0.0
+    """What this rank saw since the last logged row. Loss sums stay on the training device (no
+    host sync per step) and counts on the host; `row()` sums both over the ranks in one
+    all-reduce, so a row describes the global batch."""
 
-    def row(self, step: int, lr: float, elapsed_s: float) -> dict:
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(_SIDES), 3, dtype=torch.float64, device=device)  # (side, nll/bits/correct)
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # this rank's share of the objective
+        self.counts = torch.zeros(len(_SIDES) + 2, dtype=torch.float64)  # samples per side, original, stream bits
+        self.steps = 0
+        self.data_bits = 0   # window bits of the global batches
+        self.seconds = 0.0
+
+    def add(self, side: str, stats: LossStats, rows: torch.Tensor | slice = slice(None)) -> None:
+        if isinstance(rows, torch.Tensor):
+            n, rows = int(rows.sum()), rows.to(stats.nll_bits.device)
+        else:
+            n = stats.nll_bits[rows].numel()
+        i = _SIDES.index(side)
+        self.sums[i] += torch.stack([s[rows].sum().double() for s in (stats.nll_bits, stats.n_bits, stats.correct)])
+        self.counts[i] += n
+
+    def row(self, step: int, lr: float, elapsed_s: float, ctx: DistContext) -> dict:
+        local = torch.cat([self.sums.flatten(), self.loss.view(1), self.counts.to(self.sums.device)])
+        t = ctx.all_reduce(local, what=f"summing the metrics of step {step}").tolist()
+        sums, loss, samples, (original, stream) = t[:9], t[9], t[10:13], t[13:]
+        sides = {}
+        for i, side in enumerate(_SIDES):
+            nll, bits, correct = sums[3 * i:3 * i + 3]
+            sides[side] = {f"{side}_loss": _div(nll, bits), f"{side}_accuracy": _div(correct, bits),
+                           f"{side}_samples": int(samples[i])}
+        # Each rank's loss is its share times world_size (DDP averages): the global loss is the mean.
         return {"step": step, "lr": lr, "elapsed_s": elapsed_s,
-                "bits_per_s": _div(self.data_bits, self.seconds), "loss": _div(self.loss, self.steps),
-                **self.raw.metrics("raw"), **self.compressed.metrics("compressed"),
-                "compression_ratio": _div(self.original_bits, self.stream_bits),
-                **self.direct.metrics("direct"),
+                "bits_per_s": _div(self.data_bits, self.seconds), "loss": _div(loss / ctx.world_size, self.steps),
+                **sides["raw"], **sides["compressed"], "compression_ratio": _div(original, stream),
+                **sides["direct"],
                 "val_bits_per_byte": math.nan, "val_loss": math.nan, "val_accuracy": math.nan,
                 "val_parity_loss": math.nan}
+
+
+class _Objective(torch.nn.Module):
+    """The loss of one step as a single `forward`, so DistributedDataParallel (whose hooks wrap
+    `forward`) sees every use of the weights: the uncompressed views and the direct streams."""
+
+    def __init__(self, model: BitTransformerLM, direct_weight: float):
+        super().__init__()
+        self.model = model
+        self.direct_weight = direct_weight
+
+    def forward(self, views: torch.Tensor | None, direct: torch.Tensor | None, direct_mask: torch.Tensor | None,
+                view_scale: float, direct_scale: float) -> tuple[torch.Tensor, LossStats | None, LossStats | None]:
+        loss, view_stats, direct_stats = 0.0, None, None
+        if views is not None:
+            view_stats = self.model.loss(views, stream_type=0)
+            loss = view_stats.loss * view_scale
+        if direct is not None:
+            direct_stats = self.model.loss(direct, stream_type=1, mask=direct_mask)
+            loss = loss + self.direct_weight * (direct_stats.loss * direct_scale)
+        return loss, view_stats, direct_stats
 
 
 def _div(a: float, b: float) -> float:
@@ -257,8 +301,9 @@ def find_checkpoint(path: str | Path, names: Sequence[str] = ("last",)) -> Path:
 
 
 def load_trainer_state(checkpoint: str | Path) -> dict:
-    """`trainer_state.pt` of a checkpoint folder (tensors and plain types only)."""
-    return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
+    """`trainer_state.pt` of a checkpoint folder (tensors and plain types only), on the CPU
+    whatever device wrote it."""
+    return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -303,13 +348,19 @@ class Trainer:
     per bit), `_accuracy` and `_samples`, `compression_ratio` (original / stream bits of the
     compressed samples), and `val_bits_per_byte`, `val_loss`, `val_accuracy`,
     `val_parity_loss` on validation steps; NaN where a side had no samples or no validation ran.
+    Under torchrun (or a process group the caller initialised) the Trainer joins the group
+    (`bitlm.distributed.setup`): rows then describe the global batch on every rank, validation
+    is shared out across ranks, a `stop()` on any rank stops all of them at the same step, and
+    only rank 0 writes files; the caller leaves the group (`bitlm.distributed.teardown`).
     Raises: `CorpusError` / `ValueError` for bad data or configs, `FileNotFoundError` for a
-    missing resume checkpoint.
+    missing resume checkpoint, `DistributedError` when the other processes fail.
     """
 
     def __init__(self, model_config: BitLMConfig | None = None, train_config: TrainConfig | None = None,
                  corpus: Corpus | str | Path | list | None = None, model: BitTransformerLM | None = None):
         tc = self.config = dataclasses.replace(train_config or TrainConfig())  # ours to fill in
+        ctx = self.dist = distributed.setup(tc.device, tc.dist_timeout)
+        ctx.rows(tc.batch_size)  # fail now if there are more processes than sequences per step
         state = None
         if tc.resume:
             if model is not None:
@@ -326,7 +377,7 @@ class Trainer:
             if model_config is None:
                 raise ValueError("give a model_config, a model, or resume=RUN_DIR")
             model = BitTransformerLM(model_config)
-        self.model = model
+        self.model = model.to(ctx.device)
         self.block_bits = model.config.block_size
 
         if isinstance(corpus, Corpus):
@@ -344,7 +395,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=tc.lr, betas=(0.9, 0.99))
-        self.generator = torch.Generator().manual_seed(tc.seed)
+        self._objective = ctx.wrap(_Objective(model, tc.direct_weight))
+        self.generator = torch.Generator().manual_seed(tc.seed)  # the same on every rank: one global batch
         self.step = 0
         self.elapsed_s = 0.0
         self.best_val = math.inf
@@ -356,9 +408,11 @@ class Trainer:
             out = Path(tc.out_dir)
             if state is None and ((out / METRICS_FILE).exists() or any((out / n).exists() for n in CHECKPOINTS)):
                 raise FileExistsError(f"{out} already holds a run; resume it (--resume {out}) or choose a new folder")
-            out.mkdir(parents=True, exist_ok=True)
-            _write_atomic(out / METRICS_FILE, "".join(_json_line(r) for r in self.metrics))
-            _write_atomic(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
+            ctx.barrier("checking the run folder")  # every rank looked before rank 0 writes
+            if ctx.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                _write_atomic(out / METRICS_FILE, "".join(_json_line(r) for r in self.metrics))
+                _write_atomic(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, corpus: Corpus | str | Path | list | None = None,
@@ -382,7 +436,8 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "train_config": dataclasses.asdict(self.config)}
 
     def stop(self) -> None:
-        """Ask the run to end after the current step (thread-safe); it logs, validates and saves first."""
+        """Ask the run to end after the current step (thread-safe); it logs, validates and saves first.
+        In a multi-process run, all ranks end after the same step."""
         self._stop.set()
 
     @property
@@ -406,43 +461,80 @@ class Trainer:
         out_of_time = tc.time_limit is not None and self.elapsed_s >= tc.time_limit * 60
         return self.step >= tc.steps or self._stop.is_set() or out_of_time
 
+    def _agree_done(self) -> bool:
+        """`_done()` agreed by all ranks: any rank's stop or time-out ends the run for all, and every
+        rank adopts the latest clock so that the time-based learning rate stays identical."""
+        if not self.dist.distributed:
+            return self._done()
+        done, self.elapsed_s = self.dist.all_reduce(
+            torch.tensor([float(self._done()), self.elapsed_s], dtype=torch.float64), op="max",
+            what=f"agreeing whether to stop after step {self.step}").tolist()
+        return done > 0
+
     def _train_step(self, interval: _Interval) -> None:
-        tc = self.config
-        bits = self.train_data.sample(tc.batch_size, self.block_bits, self.generator)  # (B, T)
+        tc, ctx = self.config, self.dist
+        bits = self.train_data.sample(tc.batch_size, self.block_bits, self.generator)  # (B, T) global batch
         batch = prepare_batch(bits, tc.compress_prob, tc.direct_prob, self.generator,
-                              tc.codec_method, self.block_bits)
-        loss = 0.0
-        if batch.bits is not None:
-            stats = self.model.loss(batch.bits, stream_type=0)
-            loss = stats.loss
-            interval.raw.add(stats, ~batch.compressed)
-            interval.compressed.add(stats, batch.compressed)
-        if batch.direct is not None:
-            stats = self.model.loss(batch.direct, stream_type=1, mask=batch.direct_mask)
-            loss = loss + tc.direct_weight * stats.loss
-            interval.direct.add(stats)
+                              tc.codec_method, self.block_bits, rows=ctx.rows(tc.batch_size))
+        # model.loss is a mean over this rank's bits; DDP averages over ranks. Scaling each rank's
+        # mean by world_size * its share of the global bits makes that average the mean over the
+        # global batch, i.e. exactly the single-process objective (the scales are 1 in one process).
+        local = torch.tensor([0 if batch.bits is None else batch.bits.numel(),
+                              0 if batch.direct is None else int(batch.direct_mask.sum())], dtype=torch.float64)
+        total = ctx.all_reduce(local, what=f"counting the bits of step {self.step + 1}").cpu()
+        view_scale, direct_scale = (local * ctx.world_size / total.clamp(min=1)).tolist()
+        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.amp):
+            loss, views, direct = self._objective(batch.bits, batch.direct, batch.direct_mask,
+                                                  view_scale, direct_scale)
+        if views is not None:
+            interval.add("raw", views, ~batch.compressed)
+            interval.add("compressed", views, batch.compressed)
+        if direct is not None:
+            interval.add("direct", direct)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with ctx.guard(f"averaging the gradients of step {self.step + 1}"):
+            loss.backward()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
-        interval.loss += loss.item()
+        interval.loss += loss.detach().double()
         interval.steps += 1
         interval.data_bits += bits.numel()
-        interval.original_bits += batch.original_bits
-        interval.stream_bits += batch.stream_bits
+        interval.counts[len(_SIDES):] += torch.tensor([batch.original_bits, batch.stream_bits])
 
     def validate(self) -> dict:
-        """Validation metrics on the fixed first `eval_bytes` bytes of the validation split."""
-        result = evaluate_model(self.model, self.val_data, batch_size=self.config.batch_size)
-        return {f"val_{k}": result[k] for k in ("bits_per_byte", "loss", "accuracy", "parity_loss")}
+        """Validation metrics on the fixed first `eval_bytes` bytes of the validation split.
+
+        With several ranks, each scores a contiguous share of the evaluation windows (cut at
+        window boundaries, so the windows are those of one process) and the sums are added up.
+        """
+        keys = ("bits_per_byte", "loss", "accuracy", "parity_loss")
+        ctx, batch_size = self.dist, self.config.batch_size
+        if not ctx.distributed:
+            result = evaluate_model(self.model, self.val_data, batch_size=batch_size)
+            return {f"val_{k}": result[k] for k in keys}
+        window = self.block_bits // self.train_data.frame  # bytes per evaluation window
+        n_windows = -(-len(self.val_data) // window)
+        share = self.val_data[n_windows * ctx.rank // ctx.world_size * window:
+                              n_windows * (ctx.rank + 1) // ctx.world_size * window]
+        sums = torch.zeros(6, dtype=torch.float64)
+        if share:
+            r = evaluate_model(self.model, share, batch_size=batch_size)
+            # evaluate_model returns means; times their counts they are sums again.
+            parity = 0.0 if math.isnan(r["parity_loss"]) else r["parity_loss"] * r["n_bytes"]
+            sums = torch.tensor([r["bits_per_byte"] * r["n_bytes"], r["loss"] * r["n_bits"],
+                                 r["accuracy"] * r["n_bits"], parity, r["n_bytes"], r["n_bits"]], dtype=torch.float64)
+        data_nll, nll, correct, parity, n_bytes, n_bits = ctx.all_reduce(
+            sums, what=f"summing the validation of step {self.step}").tolist()
+        return {"val_bits_per_byte": data_nll / n_bytes, "val_loss": nll / n_bits, "val_accuracy": correct / n_bits,
+                "val_parity_loss": parity / n_bytes if self.model.config.parity else math.nan}
 
     def _checkpoint(self, val_bpb: float) -> None:
         run_dir = self.config.out_dir
         improved = val_bpb < self.best_val
         if improved:
             self.best_val = val_bpb
-        if run_dir:
+        if run_dir and self.dist.is_main:
             state = self._state()
             if improved:
                 save_checkpoint(run_dir, "best", self.model, state)
@@ -450,7 +542,7 @@ class Trainer:
 
     def _log(self, row: dict, on_log: Callable[[dict], None] | None) -> None:
         self.metrics.append(row)
-        if self.config.out_dir:
+        if self.config.out_dir and self.dist.is_main:
             with open(Path(self.config.out_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(_json_line(row))
                 f.flush()
@@ -463,36 +555,42 @@ class Trainer:
         validated and checkpointed; a `stop()` from inside `on_log` still saves `last`.
 
         Takes: `on_log(row)`, called in this thread after each logged row (and its checkpoint),
-        and `on_step(step)`, after every optimizer step (before its row, if any).
+        and `on_step(step)`, after every optimizer step (before its row, if any); on every rank.
         Returns: all metrics rows of the run folder so far as a DataFrame.
+        Raises: `DistributedError` when another rank fails (this rank's files stay as they were
+        after the last complete checkpoint).
         """
-        tc = self.config
+        tc, ctx = self.config, self.dist
         self.model.train()
-        interval = _Interval()
+        interval = _Interval(ctx.device)
         start, elapsed0, saved_step = time.perf_counter(), self.elapsed_s, self.step
-        while not self._done():
+        done = self._agree_done()
+        while not done:
             t0 = time.perf_counter()
             lr = self.lr_at(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self._train_step(interval)
             self.step += 1
-            interval.seconds += time.perf_counter() - t0
             self.elapsed_s = elapsed0 + time.perf_counter() - start
             if on_step is not None:
                 on_step(self.step)
-            evaluate = self._done() or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
+            done = self._agree_done()
+            interval.seconds += time.perf_counter() - t0
+            evaluate = done or (tc.eval_every > 0 and self.step % tc.eval_every == 0)
             if evaluate or self.step % tc.log_every == 0:
-                row = interval.row(self.step, lr, self.elapsed_s)
-                interval = _Interval()
+                row = interval.row(self.step, lr, self.elapsed_s, ctx)
+                interval = _Interval(ctx.device)
                 if evaluate:
                     row.update(self.validate())
                     self.model.train()
                     self._checkpoint(row["val_bits_per_byte"])
                     saved_step = self.step
                 self._log(row, on_log)
-        if self.step != saved_step and tc.out_dir:
+                done = done or self._agree_done()  # a stop() from inside on_log
+        if self.step != saved_step and tc.out_dir and ctx.is_main:
             save_checkpoint(tc.out_dir, "last", self.model, self._state())
+        ctx.barrier("waiting for rank 0's final checkpoint")
         return pd.DataFrame(self.metrics)
 
 
@@ -557,10 +655,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the fixed validation slice (first bytes of the validation split)")
     p.add_argument("--val-fraction", type=float, dest="val_fraction",
                    help="held-out tail of every document (default: 0.1)")
+    p.add_argument("--device", help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda "
+                   "(under torchrun: GPU LOCAL_RANK) or cuda:N (default: auto)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="run the forward pass under bf16 autocast (for GPUs; on a CPU it is usually "
+                        "slower) (default: off)")
+    p.add_argument("--dist-timeout", type=float, dest="dist_timeout", metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others (to start, or at any "
+                        f"step) before the run ends with an error (default: {distributed.DEFAULT_TIMEOUT_S:.0f})")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The CLI; under torchrun, every process runs it and rank 0 alone prints and writes files.
+    A failure of the other processes ends it with a one-line error and exit status 1."""
+    # Exit only after the except block has dropped the traceback (and with it the Trainer and its
+    # DDP reducer) and the group is left: exiting with them alive aborts in gloo's destructors.
+    try:
+        _main(argv)
+    except DistributedError as e:
+        message = f"error: {e}"
+    else:
+        message = None
+    finally:
+        distributed.teardown()
+    if message:
+        sys.exit(message)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     from tqdm import tqdm
 
     parser = build_parser()
@@ -573,28 +696,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     if resume:
         if preset is not None:
             parser.error("--preset cannot change a resumed run's model")
-        trainer = Trainer.from_run(resume, out_dir=out or resume, **overrides)
+        try:
+            trainer = Trainer.from_run(resume, out_dir=out or resume, **overrides)
+        except ValueError as e:  # bad flags, corpus or device (CorpusError is a ValueError)
+            parser.error(str(e))
     else:
         if out is None:
             parser.error("--out RUN_DIR is required (or --resume RUN_DIR)")
         try:
-            model_config, tc = make_configs(preset or "small", out_dir=out, **overrides)
+            trainer = Trainer(*make_configs(preset or "small", out_dir=out, **overrides))
         except ValueError as e:
             parser.error(str(e))
-        trainer = Trainer(model_config, tc)
-    tc = trainer.config
-    tqdm.write(f"{tc.preset} model, {trainer.model.num_params():,} parameters, block {trainer.block_bits} bits; "
-               f"corpus {tc.corpus}: {len(trainer.train_data):,} training bytes; run folder {tc.out_dir}")
-    bar = tqdm(total=tc.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    tc, ctx = trainer.config, trainer.dist
+    where = f"{ctx.world_size} processes on {ctx.device.type}" if ctx.distributed else str(ctx.device)
+    if ctx.is_main:
+        tqdm.write(f"{tc.preset} model, {trainer.model.num_params():,} parameters, block {trainer.block_bits} bits; "
+                   f"corpus {tc.corpus}: {len(trainer.train_data):,} training bytes; {where}"
+                   f"{', bf16 autocast' if tc.amp else ''}; run folder {tc.out_dir}")
+    bar = tqdm(total=tc.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not ctx.is_main)
 
     def on_log(row: dict) -> None:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", bits_s=f"{row['bits_per_s']:,.0f}")
-        tqdm.write(format_row(row))
+        if ctx.is_main:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", bits_s=f"{row['bits_per_s']:,.0f}")
+            tqdm.write(format_row(row))
 
     def on_interrupt(signum, frame) -> None:
         # First Ctrl-C: finish the step, validate and checkpoint; a second one aborts.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        tqdm.write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
+        if ctx.is_main:
+            tqdm.write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
         trainer.stop()
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
@@ -604,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signal.SIGINT, previous_handler)
         bar.close()
     final = trainer.metrics[-1] if trainer.metrics else None
-    if final is not None:
+    if final is not None and ctx.is_main:
         print(f"done at step {trainer.step}: val bits/byte {final['val_bits_per_byte']:.4f} "
               f"(best {trainer.best_val:.4f}), {trainer.elapsed_s / 60:.1f} min; checkpoints in {tc.out_dir}")
 
