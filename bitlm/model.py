@@ -633,6 +633,18 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         output = model_output_decompress(bits) if decompress_output else None
         return Generation(bits=bits, probs=torch.tensor(probs, dtype=torch.float32), parity_set=parity_set, output=output)
 
+    def bit_decoder(self, stream_type: int = 0) -> "_BitDecoder":
+        """The KV-cached incremental next-bit predictor that `generate` uses, for callers that
+        choose the bits themselves (e.g. an arithmetic coder: the same calls on the same bits give
+        bit-identical probabilities at encode and decode time).
+
+        Returns a decoder whose `next_logprobs(seq)` gives (log P(0), log P(1)) of the bit after the
+        list of ints `seq`; `seq` must only grow between calls. Call it in eval mode under
+        torch.no_grad(). Raises ValueError for a bad stream_type."""
+        if not isinstance(stream_type, int) or isinstance(stream_type, bool):
+            raise ValueError(f"stream_type must be an int, got {stream_type!r}")
+        return _BitDecoder(self, self._stream_ids(stream_type, 1), use_cache=True)
+
     # ------------------------------------------------------------------------------- saving / loading
 
     def _save_pretrained(self, save_directory: Path) -> None:
