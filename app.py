@@ -122,6 +122,11 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                     codec_status = gr.Markdown()
                     codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                     codec_text = gr.Textbox(lines=2, label="Decompressed text")
+            gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
+                        f"(text ≤ {demo.NEURAL_MAX_CHARS:,} characters; a few hundred bytes a second each way).")
+            neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
+            neural_status = gr.Markdown(elem_id="neural-status")
+            neural_table = gr.Dataframe(label="Bits per byte on this text")
 
         generate_btn.click(functools.partial(demo.generate, slot),
                            [prompt, mode, n_bytes, temperature, seed, compress],
@@ -150,6 +155,10 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                            [stream, codec_text, codec_ratio, codec_status], api_name="compress")
         decompress_btn.click(demo.codec_decompress, [stream, parity],
                              [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress")
+
+        def neural(text, progress=gr.Progress()):
+            return demo.codec_neural(slot, text, progress)
+        neural_btn.click(neural, codec_in, [neural_table, neural_status], api_name="neural_compress")
 
         # A page opened later shows the current model and any run in progress, not the start-up state.
         blocks.load(slot.describe, None, model_info, api_visibility="private")

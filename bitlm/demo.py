@@ -32,7 +32,9 @@ from bitlm import plots
 from bitlm.bits import decode_bits, format_bits, frame_bits, parse_bit_string, text_to_bits
 from bitlm.codec import HEADER_BITS, METHODS, CodecError, compress_bits, compression_ratio, decompress_bits, stream_info
 from bitlm.data import BUILTIN_CORPORA, CorpusError, load_corpus
+from bitlm.evaluate import classic_bits_per_byte
 from bitlm.model import BitTransformerLM, model_output_decompress
+from bitlm import neural_codec
 from bitlm.train import PRESETS, Trainer, make_configs
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ PROMPT_MAX_BITS = PROMPT_MAX_CHARS * 9
 GEN_MAX_BYTES = 2_000
 CODEC_MAX_CHARS = 10_000
 CODEC_MAX_BITS = CODEC_MAX_CHARS * 9 * 4
+# The model codes a few hundred bytes a second each way (sequential, one model step per patch).
+NEURAL_MAX_CHARS = 2_000
 UPLOAD_MAX_BYTES = 5 * 1024 * 1024
 TRAIN_MAX_STEPS = 20_000
 # A bit field may hold separators (spaces, newlines) between the bits; beyond this many characters
@@ -462,6 +466,46 @@ def codec_decompress(stream_field: str | None, parity: bool) -> CodecResult:
                                 "shown with � marks; if they were typed bits rather than text, that is expected"
                                 + ("" if not parity else ", or untick parity if they were 8-bit bytes"))
     return CodecResult(format_bits(bits, group=frame, groups_per_line=GROUPS_PER_LINE), decoded.text, compression_ratio(bits, stream), status)
+
+
+class NeuralCodecResult(NamedTuple):
+    """Outputs of `codec_neural`, in the order the Codec tab shows them."""
+    table: pd.DataFrame
+    status: str
+
+
+@_friendly(lambda status: NeuralCodecResult(plots.bits_per_byte_table({}, 0), status))
+def codec_neural(slot: ModelSlot, source: str | None, progress: Callable[[float, str], Any] | None = None) -> NeuralCodecResult:
+    """Compress text with the model driving a range coder (`bitlm.neural_codec`), decompress it to check
+    the round trip, and put its bits per byte beside the model's cross-entropy and zlib / bz2 / lzma.
+
+    Takes: the slot, the text (≤ NEURAL_MAX_CHARS), an optional progress(fraction, message) callback.
+    Returns: a `NeuralCodecResult`; failures come back as a status message.
+    """
+    text = read_text(source, "codec input", NEURAL_MAX_CHARS)
+    data = text.encode("utf-8")
+
+    def report(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(done / max(total, 1), what))
+
+    with slot.use() as model:
+        t0 = time.perf_counter()
+        enc = neural_codec.encode_bytes(model, data, on_progress=report("encoding"), kind=neural_codec.KIND_TEXT)
+        t1 = time.perf_counter()
+        back = neural_codec.decompress_text(model, enc.stream, on_progress=report("decoding"))
+        t2 = time.perf_counter()
+    if back != text:  # the codec checks a CRC, so this would be a bug, not bad input
+        raise CodecError("the model's round trip did not give the text back")
+    n = len(data)
+    rows = {"model (neural codec)": 8 * len(enc.stream) / n,
+            "model cross-entropy (ideal coder)": enc.ideal_bits / n,
+            **classic_bits_per_byte(data)}
+    status = ok(f"{n:,} bytes → {len(enc.stream):,} bytes with the model ({neural_codec.HEADER_BYTES}-byte header "
+                f"included); round trip exact; encode {n / (t1 - t0):,.0f} bytes/s, decode {n / (t2 - t1):,.0f} bytes/s")
+    if "untrained" in slot.source:
+        status += "\n\n" + warn("The model is untrained, so it predicts no better than chance",
+                                  "train one in the Train tab and press “Use trained model”")
+    return NeuralCodecResult(plots.bits_per_byte_table(rows, n), status)
 
 
 # ---------------------------------------------------------------------------------------------------

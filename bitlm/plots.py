@@ -109,6 +109,19 @@ def telemetry_table(values: Mapping[str, float | None]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bits_per_byte_table(rows: Mapping[str, float], n_bytes: int) -> pd.DataFrame:
+    """Compressors side by side on the same bytes.
+
+    Takes: {method: bits per byte} and the number of bytes. Returns: DataFrame with columns `method`,
+    `bits per byte` (3 places), `compressed bytes` (what that rate means for this input), `× best classic`
+    (the rate over the best of the rows whose name starts with zlib, bz2 or lzma; NaN without them).
+    """
+    classic = [v for k, v in rows.items() if k.split()[0] in ("zlib", "bz2", "lzma")]
+    best = min(classic) if classic else math.nan
+    return pd.DataFrame([{"method": k, "bits per byte": round(v, 3), "compressed bytes": round(v * n_bytes / 8),
+                          "× best classic": round(v / best, 3)} for k, v in rows.items()])
+
+
 def probability_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray | None = None,
                        frame: int = 9, title: str = "Per-position prediction") -> go.Figure:
     """P(bit = 1) and its entropy H(p) at every position, with the observed bits as dots.

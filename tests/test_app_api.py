@@ -60,6 +60,16 @@ def test_codec_endpoints(client, parity):
     assert text == "aaaaaaaaaaaaaaaaaaaaaaaa!" and ratio_back == ratio and status.startswith("✓")
 
 
+def test_neural_codec_endpoint(client):
+    table, status = client.predict("To be, or not to be: that is the question.", api_name="/neural_compress")
+    assert status.startswith("✓") and "round trip exact" in status
+    assert [row[0] for row in table["data"]][:2] == ["model (neural codec)", "model cross-entropy (ideal coder)"]
+    for bad in ("", "x" * 1_000_000):
+        table, status = client.predict(bad, api_name="/neural_compress")
+        assert is_friendly(status), status
+    assert client.predict("ok", api_name="/neural_compress")[1].startswith("✓")
+
+
 def test_training_endpoints(client):
     assert train_start(client, steps=20, multitask=True).startswith("✓")
     wait_until(lambda: "finished" in train_status(client)[0], 120, what="the run to finish")

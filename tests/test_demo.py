@@ -402,3 +402,20 @@ def test_a_failing_run_is_reported_and_the_next_one_can_start(session, monkeypat
     assert "out of memory" in caplog.text
     monkeypatch.undo()
     assert start(session, steps=10).startswith("✓")
+
+
+def test_codec_neural_round_trip_and_table(tiny_slot):
+    calls = []
+    result = demo.codec_neural(tiny_slot, "héllo → 世界, to be or not to be", lambda f, what: calls.append((f, what)))
+    assert result.status.startswith("✓") and "round trip exact" in result.status
+    methods = list(result.table["method"])
+    assert methods[:2] == ["model (neural codec)", "model cross-entropy (ideal coder)"]
+    assert {"zlib -9", "bz2 -9", "lzma -9e"} <= set(methods)
+    rates = dict(zip(result.table["method"], result.table["bits per byte"]))
+    assert rates["model (neural codec)"] >= rates["model cross-entropy (ideal coder)"]
+    assert {what for _, what in calls} == {"encoding", "decoding"}
+
+
+@pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit")])
+def test_codec_neural_bad_input(tiny_slot, text, fragment):
+    assert_friendly(demo.codec_neural(tiny_slot, text).status, fragment)
