@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bitlm.bits import bytes_to_bits, text_to_bits  # noqa: E402
+from bitlm.data import load_corpus  # noqa: E402
 from bitlm.codec import HEADER_BITS, compress_bits, compression_ratio, decompress_bits, stream_info  # noqa: E402
 
 N = 10_000_000
@@ -70,8 +71,11 @@ def zlib_pair(level: int):
     return enc, dec
 
 
+def pydoc_text() -> str:
+    return load_corpus("pydoc").documents[0]
+
+
 def inputs() -> dict[str, torch.Tensor]:
-    from pydoc_data.topics import topics
     g = np.random.default_rng(0)
     lengths = g.geometric(1 / 1000, N // 500)
     runs = np.repeat(np.arange(lengths.size) % 2, lengths)[:N].astype(np.uint8)
@@ -79,7 +83,7 @@ def inputs() -> dict[str, torch.Tensor]:
     return {
         "random 10M": torch.from_numpy(g.integers(0, 2, N, dtype=np.uint8)),
         "runs mean 1000, 10M": torch.from_numpy(runs),
-        "pydoc, parity frames": text_to_bits("\n".join(topics[k] for k in sorted(topics))),
+        "pydoc, parity frames": text_to_bits(pydoc_text()),
     }
 
 
@@ -112,8 +116,7 @@ def bench_input(name: str, bits: torch.Tensor) -> list[dict]:
 
 def latency() -> tuple[float, float, float]:
     """Median, p99 and mean microseconds of compress + decompress ("auto") of one 2 304-bit sample."""
-    from pydoc_data.topics import topics
-    data = "\n".join(topics[k] for k in sorted(topics)).encode()
+    data = pydoc_text().encode()
     g = np.random.default_rng(1)
     samples = [bytes_to_bits(data[i:i + 256]) for i in g.integers(0, len(data) - 256, 3000)]
     times = []

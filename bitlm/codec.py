@@ -332,8 +332,8 @@ def decompress_batch(streams: list[torch.Tensor], max_bits: int = DEFAULT_MAX_BI
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _demo_samples() -> dict[str, torch.Tensor]:
-    from pydoc_data.topics import topics
-    pydoc = "\n".join(topics[k] for k in sorted(topics))
+    from bitlm.data import load_corpus  # here: the codec itself does not depend on corpora
+    pydoc = load_corpus("pydoc").documents[0]
     g = np.random.default_rng(0)
     runs = np.repeat(np.arange(2000) % 2, g.geometric(1 / 1000, 2000)).astype(np.uint8)
     return {

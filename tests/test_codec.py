@@ -12,13 +12,13 @@ from bitlm.codec import (
     DEFAULT_MAX_BITS, HEADER_BITS, METHODS, CodecError, compress_batch, compress_bits, compression_ratio,
     decompress_batch, decompress_bits, main, stream_info,
 )
+from bitlm.data import load_corpus
 
 CONCRETE = ("stored", "rle", "deflate")
 
 
 def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-    return "\n".join(topics[k] for k in sorted(topics))
+    return load_corpus("pydoc").documents[0]
 
 
 PYDOC = pydoc_text()
