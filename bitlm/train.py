@@ -669,18 +669,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """The CLI; under torchrun, every process runs it and rank 0 alone prints and writes files.
     A failure of the other processes ends it with a one-line error and exit status 1."""
-    # Exit only after the except block has dropped the traceback (and with it the Trainer and its
-    # DDP reducer) and the group is left: exiting with them alive aborts in gloo's destructors.
     try:
         _main(argv)
     except DistributedError as e:
-        message = f"error: {e}"
-    else:
-        message = None
+        # The group is broken: a peer is dead or hung with collectives still queued in gloo's threads,
+        # and leaving it or running its destructors can block or abort (SIGABRT). Every file this rank
+        # writes is complete by now (checkpoints are renamed into place, metrics rows are closed),
+        # so report and leave at once without them.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     finally:
         distributed.teardown()
-    if message:
-        sys.exit(message)
 
 
 def _main(argv: Sequence[str] | None) -> None:

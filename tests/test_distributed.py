@@ -118,7 +118,8 @@ def test_a_lost_rank_ends_the_run_with_a_clear_error_and_the_checkpoint_loads(tm
         wait_until(lambda: (run / "last" / STATE_FILE).exists(), 90, what="rank 0's first checkpoint")
         procs[1].send_signal(sig)
         # Killed: the dead peer's connection resets at once; hung: the collective times out.
-        assert procs[0].wait(timeout + 30) == 1
+        status = procs[0].wait(timeout + 30)
+        assert status == 1, (status, (tmp_path / "rank0.log").read_text()[-3000:])
     finally:
         for p in procs:
             p.kill()
