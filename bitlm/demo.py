@@ -172,13 +172,15 @@ def _read_float(value: Any, what: str, lo: float, hi: float) -> float:
 
 class ModelSlot:
     """The model that Generate and Telemetry run, where it came from, and a lock so a swap or another
-    request never interleaves with a running one. The model object is replaced whole, never edited."""
+    request never interleaves with a running one. The model object is replaced whole, never edited.
+    `untrained` marks the freshly initialised fallback, whose predictions are chance."""
 
-    def __init__(self, model: BitTransformerLM, source: str, notice: str = ""):
+    def __init__(self, model: BitTransformerLM, source: str, notice: str = "", untrained: bool = False):
         self._lock = threading.Lock()
         self.model = model.eval()
         self.source = source
         self.notice = notice
+        self.untrained = untrained
 
     @contextmanager
     def use(self) -> Iterator[BitTransformerLM]:
@@ -192,6 +194,7 @@ class ModelSlot:
             self.model = model.eval()
             self.source = source
             self.notice = ""
+            self.untrained = False
 
     def describe(self) -> str:
         """Markdown: the model in use, and the fallback notice if there is one."""
@@ -223,7 +226,7 @@ def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "sma
     notice = warn(f"No trained model could be loaded from `{path}/` ({reason}).",
                   f"running a freshly initialised, untrained **{fallback_preset}** model, so its output is "
                   "random bits; train one in the Train tab and press “Use trained model”.")
-    return ModelSlot(model, f"untrained `{fallback_preset}` preset (fallback)", notice)
+    return ModelSlot(model, f"untrained `{fallback_preset}` preset (fallback)", notice, untrained=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -502,7 +505,7 @@ def codec_neural(slot: ModelSlot, source: str | None, progress: Callable[[float,
             **classic_bits_per_byte(data)}
     status = ok(f"{n:,} bytes → {len(enc.stream):,} bytes with the model ({neural_codec.HEADER_BYTES}-byte header "
                 f"included); round trip exact; encode {n / (t1 - t0):,.0f} bytes/s, decode {n / (t2 - t1):,.0f} bytes/s")
-    if "untrained" in slot.source:
+    if slot.untrained:
         status += "\n\n" + warn("The model is untrained, so it predicts no better than chance",
                                   "train one in the Train tab and press “Use trained model”")
     return NeuralCodecResult(plots.bits_per_byte_table(rows, n), status)

@@ -372,11 +372,13 @@ class Trainer:
             state = load_trainer_state(checkpoint)
             if tc.out_dir is None:
                 tc.out_dir = str(tc.resume)
-        torch.manual_seed(tc.seed)
         if model is None:
             if model_config is None:
                 raise ValueError("give a model_config, a model, or resume=RUN_DIR")
-            model = BitTransformerLM(model_config)
+            # Seeded initialisation without reseeding the process-wide RNG the app's other threads use.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(tc.seed)
+                model = BitTransformerLM(model_config)
         self.model = model.to(ctx.device)
         self.block_bits = model.config.block_size
 
@@ -708,6 +710,7 @@ def _main(argv: Sequence[str] | None) -> None:
         except ValueError as e:
             parser.error(str(e))
     tc, ctx = trainer.config, trainer.dist
+    torch.manual_seed(tc.seed)  # dropout, if a config uses it, draws from the process RNG, which the CLI owns
     where = f"{ctx.world_size} processes on {ctx.device.type}" if ctx.distributed else str(ctx.device)
     if ctx.is_main:
         tqdm.write(f"{tc.preset} model, {trainer.model.num_params():,} parameters, block {trainer.block_bits} bits; "

@@ -28,7 +28,7 @@ def assert_friendly(status: str, *fragments: str) -> None:
 def test_missing_model_falls_back_to_a_fresh_one_with_a_notice(tmp_path):
     slot = demo.load_app_model(tmp_path / "nowhere", fallback_preset="tiny")
     assert_friendly(slot.notice, "No trained model", "untrained")
-    assert slot.model.config == PRESETS["tiny"][0]
+    assert slot.model.config == PRESETS["tiny"][0] and slot.untrained
     assert slot.notice in slot.describe() and "fallback" in slot.describe()
 
 
@@ -414,6 +414,9 @@ def test_codec_neural_round_trip_and_table(tiny_slot):
     rates = dict(zip(result.table["method"], result.table["bits per byte"]))
     assert rates["model (neural codec)"] >= rates["model cross-entropy (ideal coder)"]
     assert {what for _, what in calls} == {"encoding", "decoding"}
+    assert "no better than chance" in result.status  # the untrained fallback says so
+    loaded = demo.ModelSlot(tiny_slot.model, "a model named 'untrained' by its folder")
+    assert "no better than chance" not in demo.codec_neural(loaded, "to be or not to be").status
 
 
 @pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit")])

@@ -48,6 +48,20 @@ def test_presets_sizes():
     assert sizes["base"] >= 2_000_000 and PRESETS["base"][0].block_size == 2304
 
 
+def test_seeded_runs_repeat_without_touching_the_process_rng():
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    runs = []
+    for _ in range(2):
+        trainer = Trainer(*tiny(steps=3, eval_every=0), synthetic())
+        assert torch.equal(torch.random.get_rng_state(), before)  # init is seeded, yet the app's RNG is untouched
+        runs.append((trainer.run(), trainer.model.state_dict()))
+    pd.testing.assert_frame_equal(runs[0][0].drop(columns=["elapsed_s", "bits_per_s"]),
+                                  runs[1][0].drop(columns=["elapsed_s", "bits_per_s"]))
+    for name, w in runs[0][1].items():
+        assert torch.equal(w, runs[1][1][name]), name
+
+
 @pytest.mark.slow
 def test_learns_a_noisy_pattern_on_both_sides(tmp_path):
     mc, tc = tiny(steps=150, eval_every=50, out_dir=str(tmp_path / "run"))
