@@ -15,7 +15,7 @@ model predicts it (near-)deterministically and generation sets it instead of sam
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -650,10 +650,14 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write model.safetensors and config.json atomically (temp file, then os.replace)."""
         def atomic(name: str, write) -> None:
-            fd, tmp = tempfile.mkstemp(dir=save_directory, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
+            tmp = save_directory / f".{name}.{uuid.uuid4().hex}.tmp"  # unique: concurrent saves never share it
             try:
+                # safetensors writes owner-only (0600) files; give ours the permissions the user's umask
+                # gives any new file, read from a file created the ordinary way.
+                tmp.touch(exist_ok=False)
+                mode = tmp.stat().st_mode & 0o777
                 write(tmp)
+                os.chmod(tmp, mode)
                 os.replace(tmp, save_directory / name)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

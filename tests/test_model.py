@@ -342,6 +342,9 @@ def test_save_load_round_trip(tmp_path, name):
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors"}
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    (tmp_path / "plain").write_text("")  # saved files get the same permissions as any file the user creates
+    assert {(tmp_path / f).stat().st_mode for f in ("config.json", "model.safetensors", "plain")} == \
+        {(tmp_path / "plain").stat().st_mode}
     loaded = BitTransformerLM.from_pretrained(tmp_path)
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded(bits, telemetry=False)[0], model(bits, telemetry=False)[0])
