@@ -3,7 +3,8 @@ validation split), the bits per byte of the neural codec (whole stream, header i
 model's own cross-entropy along the codec's context (the ideal an exact coder would reach) and of
 `evaluate_model` (non-overlapping block windows, as training's validation), beside zlib -9, bz2 -9
 and lzma -9e on the same bytes (ratios against bz2 -9); then encode and decode speed in bytes/s
-(both run the KV-cached predictor bit by bit; the round trip is checked).
+(both run the KV-cached predictor bit by bit, over min(16, patches // 256) lanes stepped together;
+the round trip is checked).
 
     python bench/neural_codec.py                                        # assets/, shakespeare, 2000 bytes
     python bench/neural_codec.py --model runs/pydoc-small/best --corpus pydoc --bytes 2000
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
 from bitlm.model import BitTransformerLM  # noqa: E402
-from bitlm.neural_codec import HEADER_BYTES, decompress_bytes, encode_bytes  # noqa: E402
+from bitlm.neural_codec import HEADER_BYTES, decompress_bytes, encode_bytes, lane_count  # noqa: E402
 from bitlm.train import find_checkpoint  # noqa: E402
 
 
@@ -62,7 +63,8 @@ def main() -> None:
     for name, bpb in rows.items():
         print(f"{name:<26} {bpb:>9.4f} {bpb / base:>8.3f}x")
     overhead = enc.payload_bits / enc.ideal_bits - 1
-    print(f"\npayload vs ideal: {overhead:+.3%};  round trip exact: yes")
+    print(f"\npayload vs ideal: {overhead:+.3%};  lanes: {lane_count(enc.n_bits, model.config.patch_size)};  "
+          "round trip exact: yes")
     print(f"{'speed':<26} {'bytes/s':>9} {'seconds':>9}")
     print(f"{'encode':<26} {n / t_enc:>9.1f} {t_enc:>9.2f}")
     print(f"{'decode':<26} {n / t_dec:>9.1f} {t_dec:>9.2f}")

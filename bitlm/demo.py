@@ -45,8 +45,8 @@ PROMPT_MAX_BITS = PROMPT_MAX_CHARS * 9
 GEN_MAX_BYTES = 2_000
 CODEC_MAX_CHARS = 10_000
 CODEC_MAX_BITS = CODEC_MAX_CHARS * 9 * 4
-# The model codes a few hundred bytes a second each way (sequential, one model step per patch).
-NEURAL_MAX_CHARS = 2_000
+# The model codes about 500 bytes/s each way on one lane, ~2 000 bytes/s from 2 KB on (lanes).
+NEURAL_MAX_CHARS = 5_000
 UPLOAD_MAX_BYTES = 5 * 1024 * 1024
 TRAIN_MAX_STEPS = 20_000
 # A bit field may hold separators (spaces, newlines) between the bits; beyond this many characters

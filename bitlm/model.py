@@ -19,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -165,11 +166,26 @@ def model_output_decompress(output_bits: torch.Tensor, max_bits: int = DEFAULT_M
 # ----------------------------------------------------------------------------------- modules
 
 class _KVCache:
-    """Keys and values of one attention layer over the slots processed so far (generation)."""
+    """Keys and values of one attention layer over the slots processed so far (generation), in
+    buffers allocated once for `capacity` slots, so a step writes its slot instead of copying the
+    whole cache (torch.cat) again."""
 
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.n = capacity, 0
+        self.k: torch.Tensor | None = None      # (B, H, capacity, hd)
         self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H, N, hd) keys and values; returns views of all keys and values so far."""
+        if self.k is None:
+            shape = (*k.shape[:2], self.capacity, k.size(3))
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        end = self.n + k.size(2)
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} slots > capacity {self.capacity}")
+        self.k[:, :, self.n:end], self.v[:, :, self.n:end] = k, v
+        self.n = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class _AttentionProbe:
@@ -217,9 +233,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, N, hd)
         if cache is not None:
-            if cache.k is not None:
-                k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-            cache.k, cache.v = k, v
+            k, v = cache.append(k, v)
         nq, nk = q.size(2), k.size(2)
         if nq == nk:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
@@ -633,17 +647,20 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         output = model_output_decompress(bits) if decompress_output else None
         return Generation(bits=bits, probs=torch.tensor(probs, dtype=torch.float32), parity_set=parity_set, output=output)
 
-    def bit_decoder(self, stream_type: int = 0) -> "_BitDecoder":
+    def bit_decoder(self, stream_type: int = 0, lanes: int = 1) -> "_BitDecoder":
         """The KV-cached incremental next-bit predictor that `generate` uses, for callers that
         choose the bits themselves (e.g. an arithmetic coder: the same calls on the same bits give
         bit-identical probabilities at encode and decode time).
 
         Returns a decoder whose `next_logprobs(seq)` gives (log P(0), log P(1)) of the bit after the
-        list of ints `seq`; `seq` must only grow between calls. Call it in eval mode under
-        torch.no_grad(). Raises ValueError for a bad stream_type."""
+        list of ints `seq`, and whose `next_logprobs_lanes(seqs)` does so for `lanes` independent
+        sequences of equal length in one batched step; sequences must only grow between calls.
+        Call it in eval mode under torch.no_grad(). Raises ValueError for a bad stream_type or lanes."""
         if not isinstance(stream_type, int) or isinstance(stream_type, bool):
             raise ValueError(f"stream_type must be an int, got {stream_type!r}")
-        return _BitDecoder(self, self._stream_ids(stream_type, 1), use_cache=True)
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be an int ≥ 1, got {lanes!r}")
+        return _BitDecoder(self, self._stream_ids(stream_type, lanes), use_cache=True)
 
     # ------------------------------------------------------------------------------- saving / loading
 
@@ -732,63 +749,73 @@ def _sample_bit(lp0: float, lp1: float, temperature: float, top_k: int | None, t
 
 
 class _BitDecoder:
-    """Next-bit log-probs of a growing bit sequence for generation.
+    """Next-bit log-probs of B growing bit sequences ("lanes", stepped together) for generation
+    and the neural codec.
 
     The context window starts at a patch boundary (`start`); when the current patch's slot would
     pass the last position embedding, the window restarts from its last 3/4 of whole patches. With
     the cache, the global transformer runs once per completed patch (a prefill after each restart);
     the factorized local model then reads all of the patch's bit conditionals from one table, the
     transformer local model reruns over the ≤ p bits seen so far in the patch. Without the cache,
-    every bit recomputes the full forward over the window (the reference the cache must match)."""
+    every bit recomputes the full forward over the window (the reference the cache must match).
+    Lanes never see each other: they only share the batched matrix products of each step."""
 
     def __init__(self, model: BitTransformerLM, stream: torch.Tensor, use_cache: bool) -> None:
-        self.m, self.stream, self.use_cache = model, stream, use_cache
+        self.m, self.stream, self.use_cache = model, stream, use_cache     # stream: (B,)
         self.p, self.n_slots = model.config.patch_size, model.config.n_patches
         self.keep = 3 * self.n_slots // 4
         self.parity_rows = (stream == 0) & model.config.parity
         self.start = 0
         self.caches: list[_KVCache] | None = None
         self.slot = -1                       # window slot whose state is held
-        self.h: torch.Tensor | None = None   # (1, 1, C) that slot's global state
-        self.table: list[list[float]] | None = None
+        self.h: torch.Tensor | None = None   # (B, 1, C) that slot's global state
+        self.table: np.ndarray | None = None
 
-    def _patterns(self, bits: list[int]) -> torch.Tensor:
-        b = torch.tensor(bits, dtype=torch.long, device=self.m._device).view(1, len(bits) // self.p, self.p)
-        return (b * self.m.bit_weights).sum(-1)                            # (1, m)
+    def _patterns(self, seqs: list[list[int]], lo: int, hi: int) -> torch.Tensor:
+        b = torch.tensor([seq[lo:hi] for seq in seqs], dtype=torch.long, device=self.m._device)
+        return (b.view(len(seqs), -1, self.p) * self.m.bit_weights).sum(-1)  # (B, m)
 
-    def _advance(self, seq: list[int], j: int, w: int) -> None:
+    def _advance(self, seqs: list[list[int]], j: int, w: int) -> None:
         """Bring the cached global state to window slot w (patch j)."""
         p = self.p
         if self.caches is None or self.slot > w:
-            self.caches = [_KVCache() for _ in self.m.blocks]
-            x = self.m._embed(self._patterns(seq[self.start * p:j * p]), 0, self.stream, with_bos=True)
+            self.caches = [_KVCache(self.n_slots) for _ in self.m.blocks]
+            x = self.m._embed(self._patterns(seqs, self.start * p, j * p), 0, self.stream, with_bos=True)
         else:
-            x = self.m._embed(self._patterns(seq[(j - 1) * p:j * p]), w, self.stream, with_bos=False)
+            x = self.m._embed(self._patterns(seqs, (j - 1) * p, j * p), w, self.stream, with_bos=False)
         self.h = self.m._run_global(x, self.caches)[:, -1:]
         self.slot = w
         if self.m.config.local == "factorized":
-            lp = self.m._pattern_logprobs(self.h, self.parity_rows)[0, 0]
-            self.table = _bit_conditionals(lp, p).tolist()
+            lp = self.m._pattern_logprobs(self.h, self.parity_rows)[:, 0]    # (B, 2^p)
+            self.table = _bit_conditionals(lp, p).cpu().numpy()             # (B, 2^p - 1, 2); few rows get read
 
     def next_logprobs(self, seq: list[int]) -> tuple[float, float]:
-        """(log P(0), log P(1)) of the bit after seq."""
-        p, t = self.p, len(seq)
+        """(log P(0), log P(1)) of the bit after seq (a decoder of one lane)."""
+        return self.next_logprobs_lanes([seq])[0]
+
+    def next_logprobs_lanes(self, seqs: list[list[int]]) -> list[tuple[float, float]]:
+        """(log P(0), log P(1)) of the bit after each lane's sequence; all have the same length."""
+        p, t = self.p, len(seqs[0])
         j, off = divmod(t, p)
         if j - self.start >= self.n_slots:
             self.start, self.caches = j - self.keep, None
         w = j - self.start
         if not self.use_cache:
-            window = torch.tensor(seq[self.start * p:] + [0], device=self.m._device).unsqueeze(0)
+            window = torch.tensor([seq[self.start * p:] + [0] for seq in seqs], device=self.m._device)
             logits, _ = self.m._forward(window, self.stream, telemetry=False, return_attention=False)
-            lp0, lp1 = logits[0, -1].tolist()
-            return lp0, lp1
+            return [tuple(row) for row in logits[:, -1].tolist()]
         if self.caches is None or self.slot != w:
-            self._advance(seq, j, w)
-        prefix = seq[j * p:t]
+            self._advance(seqs, j, w)
         if self.m.config.local == "factorized":
-            v = int("".join(map(str, prefix)), 2) if prefix else 0
-            lp0, lp1 = self.table[(1 << off) - 1 + v]
-        else:
-            bp = torch.tensor(prefix + [0], device=self.m._device).view(1, 1, -1)
-            lp0, lp1 = self.m._local_logprobs(self.h, bp, self.parity_rows)[0, 0, off].tolist()
-        return lp0, lp1
+            row = (1 << off) - 1
+            return [tuple(table[row + _prefix_value(seq, j * p, t)].tolist()) for table, seq in zip(self.table, seqs)]
+        bp = torch.tensor([seq[j * p:t] + [0] for seq in seqs], device=self.m._device).view(len(seqs), 1, -1)
+        return [tuple(row) for row in self.m._local_logprobs(self.h, bp, self.parity_rows)[:, 0, off].tolist()]
+
+
+def _prefix_value(seq: list[int], lo: int, hi: int) -> int:
+    """The bits seq[lo:hi] as an MSB-first integer (0 for none)."""
+    v = 0
+    for bit in seq[lo:hi]:
+        v = 2 * v + bit
+    return v

@@ -4,14 +4,20 @@ cross-entropy under the model ("Language Modeling Is Compression", Delétang et 
 
 Encoder and decoder compute every probability the same way, through the model's KV-cached
 incremental predictor (`BitTransformerLM.bit_decoder`, the machinery `generate` uses) fed the
-same bits in the same order, so they agree bit for bit on the same machine and thread setup; the
-encoder just knows the bits in advance and codes all its symbols in one call. P(1) is rounded to
-a 1/2^16 grid, clamped to [1, 2^16 - 1], before coding. Long inputs need no explicit windows: the
-predictor restarts its context from its last 3/4 of whole patches when it reaches block_size, at
-the same bit on both sides. Parity bits of parity-framed bytes are not coded: the decoder sets
-them from their 8 data bits.
+same bits in the same order, so they agree bit for bit on the same machine and thread setup. The
+encoder could get its probabilities from one forward over the whole window instead, but those
+differ from the incremental ones in the last float bits, and one probability landing on the
+other side of a rounding step would make the decoder diverge; so both sides take the same path,
+and the speed comes from lanes instead: an input of n patches is cut into
+min(16, n // 256) contiguous lanes of whole patches (1 for short inputs), each predicted from its
+own context only, and the predictor steps all lanes at once in one batched forward. Lanes cost a
+cold start each (a few bits per lane start) and divide the number of sequential steps, which is
+what bounds the speed, by the lane count on both sides. P(1) is rounded to a 1/2^16 grid, clamped
+to [1, 2^16 - 1], before coding. Within a lane the predictor restarts its context from its last
+3/4 of whole patches when it reaches block_size, at the same bit on both sides. Parity bits of
+parity-framed bytes are not coded: the decoder sets them from their 8 data bits.
 
-Stream layout (big-endian), HEADER_BYTES = 24: magic b"\\xb7N" | version (1) | kind (1: bits 0,
+Stream layout (big-endian), HEADER_BYTES = 24: magic b"\\xb7N" | version (1, = 2) | kind (1: bits 0,
 bytes 1, text 2; +0x80 when parity bits are implied) | original length (6: bits for kind 0, bytes
 otherwise) | model fingerprint (8) | CRC32 of the original (4) | CRC32 of the preceding 22 header
 bytes, low 16 bits (2) — then the range coder's 32-bit words, little-endian. Decoding with another
@@ -38,7 +44,7 @@ from bitlm.bits import BitDecodeError, as_bit_array, bits_to_bytes, bytes_to_bit
 from bitlm.codec import CodecError
 from bitlm.model import PARITY_OFFSET, BitTransformerLM
 
-MAGIC, VERSION = b"\xb7N", 1
+MAGIC, VERSION = b"\xb7N", 2                # version 2: lanes
 _HEADER = struct.Struct(">2sBB6s8sIH")
 HEADER_BYTES = _HEADER.size                  # 24
 KIND_BITS, KIND_BYTES, KIND_TEXT = 0, 1, 2
@@ -46,7 +52,9 @@ _KINDS = {KIND_BITS: "bits", KIND_BYTES: "bytes", KIND_TEXT: "text"}
 _IMPLIED_PARITY = 0x80
 PROB_BITS = 16                               # P(1) is coded on a 1/2^16 grid
 DEFAULT_MAX_BYTES = 1 << 20                  # decode refuses longer originals unless told otherwise
-_PROGRESS_EVERY = 1024                       # bits between progress callbacks
+_PROGRESS_EVERY = 1024                       # bits (over all lanes) between progress callbacks
+MAX_LANES = 16                               # parallel lanes a long input is cut into
+LANE_PATCHES = 256                           # patches each lane holds at least (a context window's worth)
 
 Progress = Callable[[int, int], None]        # (bits done, bits in all)
 
@@ -100,28 +108,9 @@ def model_fingerprint(model: BitTransformerLM) -> bytes:
 
 # ------------------------------------------------------------------------------------ coding core
 
-class _Predictor:
-    """Quantised P(bit = 1) of each next bit, or None for an implied parity bit, over a growing
-    bit sequence; the only source of probabilities for both encoder and decoder."""
-
-    def __init__(self, model: BitTransformerLM, implied_parity: bool) -> None:
-        self.decoder = model.bit_decoder(stream_type=0)
-        self.seq: list[int] = []
-        self.implied_parity = implied_parity
-        self.p = model.config.patch_size
-
-    def next(self) -> tuple[int, float, float] | None:
-        """(k, log P(0), log P(1)) of the next bit, k = P(1) in units of 2^-16 as coded; None when
-        the next bit is an implied parity bit."""
-        t = len(self.seq)
-        if self.implied_parity and t % self.p == PARITY_OFFSET:
-            return None
-        lp0, lp1 = self.decoder.next_logprobs(self.seq)
-        k = min(max(round(math.exp(lp1) * (1 << PROB_BITS)), 1), (1 << PROB_BITS) - 1)
-        return k, lp0, lp1
-
-    def implied_bit(self) -> int:
-        return sum(self.seq[-PARITY_OFFSET:]) & 1
+def lane_count(n_bits: int, patch_size: int) -> int:
+    """How many lanes a stream of n_bits is coded in: one per LANE_PATCHES whole patches, 1 to MAX_LANES."""
+    return max(1, min(MAX_LANES, -(-n_bits // patch_size) // LANE_PATCHES))
 
 
 def _bernoulli(k: int) -> "constriction.stream.model.Bernoulli":
@@ -129,30 +118,48 @@ def _bernoulli(k: int) -> "constriction.stream.model.Bernoulli":
     return constriction.stream.model.Bernoulli(k / (1 << PROB_BITS), perfect=False)
 
 
+def _quantise(lp1: float) -> int:
+    """P(1) = exp(lp1) on the coder's grid: k / 2^16 with 1 ≤ k < 2^16, so neither bit is impossible."""
+    return min(max(round(math.exp(lp1) * (1 << PROB_BITS)), 1), (1 << PROB_BITS) - 1)
+
+
 @torch.no_grad()
 def _run(model: BitTransformerLM, n_bits: int, implied_parity: bool, choose: Callable[[int, int], int],
          on_progress: Progress | None) -> tuple[list[int], float]:
-    """Walk n_bits positions; `choose(t, k)` returns coded bit t given its quantised P(1) (implied
-    parity bits are set here, never chosen). Returns (bits, ideal code length of the coded bits)."""
+    """Walk the n_bits positions, cut into `lane_count` lanes of whole patches that the predictor
+    steps together (lane i holds bits [i·L, (i+1)·L), the last one padded with uncoded zeros), so
+    encoder and decoder visit the same positions in the same order: step by step, lane by lane.
+    `choose(t, k)` returns coded bit t given its quantised P(1); implied parity bits are set here,
+    never chosen. Returns (bits, ideal code length of the coded bits)."""
+    p = model.config.patch_size
+    lanes = lane_count(n_bits, p)
+    lane_bits = -(-n_bits // p) // lanes * p
+    if lane_bits * lanes < n_bits:
+        lane_bits += p
+    ends = [min(lane_bits, n_bits - i * lane_bits) for i in range(lanes)]    # real bits of each lane
+    seqs: list[list[int]] = [[] for _ in range(lanes)]
+    decoder = model.bit_decoder(stream_type=0, lanes=lanes)
     was_training = model.training
     model.eval()
     try:
-        pred = _Predictor(model, implied_parity)
         ideal = 0.0
-        for t in range(n_bits):
-            nxt = pred.next()
-            if nxt is None:
-                bit = pred.implied_bit()
-            else:
-                k, lp0, lp1 = nxt
-                bit = choose(t, k)
+        for step in range(lane_bits):
+            if implied_parity and step % p == PARITY_OFFSET:
+                for seq in seqs:
+                    seq.append(sum(seq[-PARITY_OFFSET:]) & 1)
+                continue
+            for i, ((lp0, lp1), seq) in enumerate(zip(decoder.next_logprobs_lanes(seqs), seqs)):
+                if step >= ends[i]:
+                    seq.append(0)       # padding past the end of the last lane: known to both sides
+                    continue
+                bit = choose(i * lane_bits + step, _quantise(lp1))
                 ideal -= (lp1 if bit else lp0) / math.log(2)
-            pred.seq.append(bit)
-            if on_progress is not None and (t + 1) % _PROGRESS_EVERY == 0:
-                on_progress(t + 1, n_bits)
+                seq.append(bit)
+            if on_progress is not None and (step + 1) % max(1, _PROGRESS_EVERY // lanes) == 0:
+                on_progress(min(n_bits, (step + 1) * lanes), n_bits)
         if on_progress is not None:
             on_progress(n_bits, n_bits)
-        return pred.seq, ideal
+        return [bit for seq, end in zip(seqs, ends) for bit in seq[:end]], ideal
     finally:
         model.train(was_training)
 

@@ -80,6 +80,48 @@ def test_context_restarts_stay_in_sync():
     assert nc.decompress_text(m, nc.compress_text(m, text)) == text
 
 
+def test_lane_count():
+    assert [nc.lane_count(9 * n, 9) for n in (0, 1, 511, 512, 767, 768, 16 * 256, 10 ** 6)] == [1, 1, 1, 2, 2, 3, 16, 16]
+    assert nc.lane_count(9 * 512 - 8, 9) == 2                                # a partial last patch counts
+
+
+@pytest.mark.parametrize("case", ["bytes", "odd bits", "restarts", "transformer"])
+def test_multi_lane_round_trips(model, case):
+    """Inputs long enough for several lanes, the last one shorter (padded) than the others."""
+    rng = random.Random(5)
+    if case == "bytes":
+        data = rng.randbytes(9 * 256 // 9 * 5 + 77)                           # 5 lanes
+        enc = nc.encode_bytes(model, data)
+        assert nc.lane_count(enc.n_bits, 9) == 5
+        assert nc.decompress_bytes(model, enc.stream) == data
+        assert enc.payload_bits <= 1.01 * enc.ideal_bits + 64
+    elif case == "odd bits":
+        bits = torch.tensor([rng.getrandbits(1) for _ in range(9 * 600 + 5)], dtype=torch.uint8)
+        enc = nc.encode_bit_tensor(model, bits)
+        assert enc.coded_bits == bits.numel() and nc.lane_count(bits.numel(), 9) == 2
+        assert torch.equal(nc.decompress_bit_tensor(model, enc.stream), bits)
+    else:
+        m = tiny(2, block_size=72) if case == "restarts" else tiny(3, local="transformer", local_layers=1, local_embd=16)
+        text = "".join(rng.choice("abcdé fgh\n") for _ in range(560))
+        assert nc.lane_count(9 * len(text.encode()), 9) == 2
+        assert nc.decompress_text(m, nc.compress_text(m, text)) == text
+
+
+@pytest.mark.parametrize("local", ["factorized", "transformer"])
+def test_lanes_are_independent(local):
+    """Stepping 3 lanes together gives each lane the probabilities a decoder of that lane alone gives."""
+    m = tiny(6, local=local, local_layers=1, local_embd=16, block_size=90)    # restarts every few patches
+    gen = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 2, (3, 200), generator=gen).tolist()
+    together = m.bit_decoder(lanes=3)
+    alone = [m.bit_decoder() for _ in seqs]
+    with torch.no_grad():
+        for t in range(200):
+            got = together.next_logprobs_lanes([s[:t] for s in seqs])
+            for lane, (seq, dec) in enumerate(zip(seqs, alone)):
+                assert got[lane] == pytest.approx(dec.next_logprobs(seq[:t]), abs=1e-5), (t, lane)
+
+
 def test_transformer_local_round_trip():
     m = tiny(3, local="transformer", local_layers=1, local_embd=16)
     assert nc.decompress_text(m, nc.compress_text(m, "local transformer ✓")) == "local transformer ✓"
