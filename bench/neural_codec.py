@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.quality import load_model_arg  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
-from bitlm.model import BitTransformerLM  # noqa: E402
 from bitlm.neural_codec import HEADER_BYTES, decompress_bytes, encode_bytes, lane_count  # noqa: E402
-from bitlm.train import find_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = BitTransformerLM.from_pretrained(find_checkpoint(args.model, names=("best", "last"))).eval()
+    model = load_model_arg(p, args.model)[1].eval()
     data = "".join(split_corpus(load_corpus(args.corpus))[1]).encode("utf-8")[:args.bytes]
     n = len(data)
 

@@ -44,6 +44,16 @@ def machine_line() -> str:
             f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
 
 
+def load_model_arg(ap: argparse.ArgumentParser, model: str) -> tuple[Path, BitTransformerLM]:
+    """The checkpoint a benchmark's --model names (a save_pretrained folder, or a run folder's best/,
+    else last/) and its model; a missing one ends the benchmark through `ap.error` with what to do."""
+    try:
+        checkpoint = find_checkpoint(model, names=("best", "last"))
+    except FileNotFoundError as e:
+        ap.error(f"{e}. Train the shipped model first (issue 6) or pass --model RUN_OR_CHECKPOINT")
+    return checkpoint, BitTransformerLM.from_pretrained(checkpoint)
+
+
 def preset_of(config: BitLMConfig) -> str:
     """The training preset whose model config is `config`. Raises ValueError when none is."""
     for name, (model_config, _) in PRESETS.items():
@@ -84,11 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    try:
-        checkpoint = find_checkpoint(args.model, names=("best", "last"))
-    except FileNotFoundError as e:
-        ap.error(f"{e}. Train the shipped model first (issue 6) or pass --model RUN_OR_CHECKPOINT")
-    model = BitTransformerLM.from_pretrained(checkpoint)
+    checkpoint, model = load_model_arg(ap, args.model)
     shipped_training = "shipped"
     if (checkpoint / STATE_FILE).is_file():   # a run's checkpoint knows how long it trained
         state = load_trainer_state(checkpoint)

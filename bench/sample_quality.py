@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.quality import machine_line  # noqa: E402
+from bench.quality import load_model_arg, machine_line  # noqa: E402
 from bitlm.bits import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import vocabulary, word_share  # noqa: E402
 from bitlm.model import BitTransformerLM  # noqa: E402
-from bitlm.train import find_checkpoint  # noqa: E402
 
 PROMPTS = (
     "KING.\n",
@@ -94,11 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"--bytes must be at least 1, got {args.bytes}")
     torch.set_num_threads(args.threads)
 
-    try:
-        checkpoint = find_checkpoint(args.model, names=("best", "last"))
-    except FileNotFoundError as e:
-        ap.error(f"{e}. Train the shipped model first (issue 6) or pass --model RUN_OR_CHECKPOINT")
-    model = BitTransformerLM.from_pretrained(checkpoint)
+    checkpoint, model = load_model_arg(ap, args.model)
     corpus = load_corpus(args.corpus)
     train_texts, val_texts = split_corpus(corpus)
     vocab = vocabulary(train_texts)
