@@ -133,9 +133,7 @@ def _run(model: BitTransformerLM, n_bits: int, implied_parity: bool, choose: Cal
     never chosen. Returns (bits, ideal code length of the coded bits)."""
     p = model.config.patch_size
     lanes = lane_count(n_bits, p)
-    lane_bits = -(-n_bits // p) // lanes * p
-    if lane_bits * lanes < n_bits:
-        lane_bits += p
+    lane_bits = -(-(-(-n_bits // p)) // lanes) * p                        # ceil(patches / lanes) patches
     ends = [min(lane_bits, n_bits - i * lane_bits) for i in range(lanes)]    # real bits of each lane
     seqs: list[list[int]] = [[] for _ in range(lanes)]
     decoder = model.bit_decoder(stream_type=0, lanes=lanes)
@@ -147,14 +145,14 @@ def _run(model: BitTransformerLM, n_bits: int, implied_parity: bool, choose: Cal
             if implied_parity and step % p == PARITY_OFFSET:
                 for seq in seqs:
                     seq.append(sum(seq[-PARITY_OFFSET:]) & 1)
-                continue
-            for i, ((lp0, lp1), seq) in enumerate(zip(decoder.next_logprobs_lanes(seqs), seqs)):
-                if step >= ends[i]:
-                    seq.append(0)       # padding past the end of the last lane: known to both sides
-                    continue
-                bit = choose(i * lane_bits + step, _quantise(lp1))
-                ideal -= (lp1 if bit else lp0) / math.log(2)
-                seq.append(bit)
+            else:
+                for i, ((lp0, lp1), seq) in enumerate(zip(decoder.next_logprobs_lanes(seqs), seqs)):
+                    if step >= ends[i]:
+                        seq.append(0)   # padding past the end of the last lane: known to both sides
+                        continue
+                    bit = choose(i * lane_bits + step, _quantise(lp1))
+                    ideal -= (lp1 if bit else lp0) / math.log(2)
+                    seq.append(bit)
             if on_progress is not None and (step + 1) % max(1, _PROGRESS_EVERY // lanes) == 0:
                 on_progress(min(n_bits, (step + 1) * lanes), n_bits)
         if on_progress is not None:
