@@ -90,7 +90,7 @@ def test_multi_lane_round_trips(model, case):
     """Inputs long enough for several lanes, the last one shorter (padded) than the others."""
     rng = random.Random(5)
     if case == "bytes":
-        data = rng.randbytes(9 * 256 // 9 * 5 + 77)                           # 5 lanes
+        data = rng.randbytes(5 * nc.LANE_PATCHES + 77)                          # 5 lanes of 272 patches, the last 269
         enc = nc.encode_bytes(model, data)
         assert nc.lane_count(enc.n_bits, 9) == 5
         assert nc.decompress_bytes(model, enc.stream) == data
