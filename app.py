@@ -124,7 +124,7 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                     codec_text = gr.Textbox(lines=2, label="Decompressed text")
             gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
                         f"(text ≤ {demo.NEURAL_MAX_CHARS:,} characters; about 500 bytes a second each way, "
-                        f"up to 2 000 from 2 KB on, where the text is coded in parallel lanes).")
+                        f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
             neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
             neural_status = gr.Markdown(elem_id="neural-status")
             neural_table = gr.Dataframe(label="Bits per byte on this text")
