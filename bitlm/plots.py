@@ -100,13 +100,23 @@ def telemetry_table(values: Mapping[str, float | None]) -> pd.DataFrame:
     """K, C, S (and their prediction forms) with their one-line meanings.
 
     Takes: a mapping with any of the keys of `TELEMETRY_EXPLAINED` (e.g. `dataclasses.asdict` of a Telemetry).
-    Returns: DataFrame with columns `name`, `value` (rounded to 4 places, NaN when missing), `meaning`.
+    Returns: DataFrame with columns `name`, `value` (rounded to 4 places; None when missing or not finite),
+    `meaning`.
     """
     rows = []
     for name, meaning in TELEMETRY_EXPLAINED.items():
         v = values.get(name)
-        rows.append({"name": name, "value": round(float(v), 4) if v is not None else math.nan, "meaning": meaning})
-    return pd.DataFrame(rows)
+        v = float(v) if v is not None else math.nan
+        rows.append({"name": name, "value": round(v, 4) if math.isfinite(v) else None, "meaning": meaning})
+    return pd.DataFrame(rows, columns=["name", "value", "meaning"], dtype=object)
+
+
+def json_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with every missing or non-finite number as None (object columns), so that it serialises as
+    strict JSON (an API answer holding NaN is not JSON). Takes and returns a DataFrame; the input is unchanged."""
+    out = df.astype(object)
+    finite = out.map(lambda v: v is not None and v is not pd.NA and not (isinstance(v, float) and not math.isfinite(v)))
+    return out.where(finite, None)
 
 
 def bits_per_byte_table(rows: Mapping[str, float], n_bytes: int) -> pd.DataFrame:
@@ -142,10 +152,15 @@ def probability_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray | No
     if bits is not None:
         fig.add_trace(go.Scatter(x=x, y=np.asarray(bits, dtype=float).ravel(), mode="markers", name="actual bit",
                                  marker=dict(color="#555", size=4, symbol="line-ew-open")))
-    # Frame boundaries help read where each byte starts; skip them when they would be a solid wall.
+    # Frame boundaries help read where each byte starts; skip them when they would be a solid wall. One
+    # trace of segments broken by gaps (None), so the figure stays linear in its input (a shape per
+    # boundary made plotly's layout quadratic: seconds for a few hundred bytes).
     if frame and 0 < p.size // frame <= 120:
-        for b in range(frame, p.size, frame):
-            fig.add_vline(x=b - 0.5, line=dict(color="#ccc", width=1))
+        edges = np.arange(frame, p.size, frame) - 0.5
+        xs = np.column_stack([edges, edges, np.full(edges.size, np.nan)]).ravel()
+        ys = np.tile([-0.05, 1.05, np.nan], edges.size)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="frame boundary", showlegend=False,
+                                 hoverinfo="skip", line=dict(color="#ccc", width=1), connectgaps=False))
     fig.update_layout(title=title, xaxis_title="bit position", yaxis=dict(range=[-0.05, 1.05]), height=340,
                       margin=dict(l=50, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.3, yanchor="top"))
     return fig

@@ -1,5 +1,7 @@
 """bitlm.plots: figures and tables built from metrics rows and telemetry arrays."""
+import json
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -70,17 +72,43 @@ def test_telemetry_table_explains_every_number():
     assert list(table["name"]) == list(plots.TELEMETRY_EXPLAINED)
     by_name = table.set_index("name")
     assert by_name.loc["K", "value"] == 0.25 and by_name.loc["C", "value"] == 0.9877
-    assert math.isnan(by_name.loc["K_pred", "value"])
+    assert by_name.loc["K_pred", "value"] is None  # missing: null in JSON, never NaN
+    assert by_name.loc["S", "value"] == 0.5
+    assert plots.telemetry_table({"K": math.nan, "C": math.inf}).set_index("name")["value"].isna().all()
     assert all(len(m) > 20 for m in table["meaning"])
+
+
+def test_json_safe_makes_strict_json_of_any_table():
+    df = pd.DataFrame({"step": pd.array([1, None], dtype="Int64"), "loss": [math.nan, 0.5],
+                       "ratio": [math.inf, -math.inf], "phase": ["a", None]})
+    safe = plots.json_safe(df)
+    assert json.loads(json.dumps(safe.values.tolist(), allow_nan=False)) == [[1, None, None, "a"], [None, 0.5, None, None]]
+    assert df["loss"].isna().iloc[0]  # the input is unchanged
 
 
 def test_probability_figure_draws_p_entropy_bits_and_frames():
     p = np.linspace(0.1, 0.9, 27)
     h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     fig = plots.probability_figure(p, h, np.arange(27) % 2, frame=9)
-    assert [t.name for t in fig.data] == ["P(bit = 1)", "entropy H(p), bits", "actual bit"]
+    assert [t.name for t in fig.data] == ["P(bit = 1)", "entropy H(p), bits", "actual bit", "frame boundary"]
     assert np.allclose(fig.data[0].y, p)
-    assert len(fig.layout.shapes) == 2  # boundaries at bits 9 and 18
+    boundaries = fig.data[3]
+    assert boundaries.name == "frame boundary" and not fig.layout.shapes
+    assert [x for x in boundaries.x if x is not None and not math.isnan(x)] == [8.5, 8.5, 17.5, 17.5]
+
+
+@pytest.mark.parametrize("frame", [9, 8, 0])
+def test_probability_figure_is_linear_in_its_input(frame):
+    """One trace for all boundaries: building and serialising the figure of 120 frames costs about what
+    the figure of 12 does (a shape per boundary made it quadratic: seconds per figure)."""
+    def seconds(n: int) -> float:
+        p = np.random.default_rng(0).random(n)
+        t0 = time.perf_counter()
+        plots.probability_figure(p, p, (p > 0.5).astype(int), frame=frame).to_json()
+        return time.perf_counter() - t0
+    seconds(9)  # warm-up
+    small, large = min(seconds(12 * 9) for _ in range(3)), min(seconds(120 * 9) for _ in range(3))
+    assert large < 3 * small + 0.05, (small, large)
 
 
 def test_probability_figure_rejects_mismatched_lengths():
