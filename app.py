@@ -1,40 +1,67 @@
 """BitLM's Gradio app (local demo and Hugging Face Space): Generate, Train, Telemetry and Codec tabs.
 
-This file only lays out the UI and wires events; the handlers live in `bitlm.demo` and the figures in
-`bitlm.plots`. Run `python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address.
+This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
+the work is in `bitlm.demo`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10).
+The public endpoints are also an MCP server (/gradio_api/mcp/).
 """
 from __future__ import annotations
 
-import functools
+import os
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+from gradio.data_classes import FileData, GradioRootModel
 
 from bitlm import demo, plots
 from bitlm.codec import METHODS
+from bitlm.endpoints import IDLE, Endpoints
 from bitlm.train import PRESETS
+from bitlm.visitors import CORPORA, TRAIN_MAX_STEPS, UPLOAD_MAX_BYTES, SharedTrainer, Visitor, load_app_model
 
 LAUNCH_KWARGS = dict(
     theme=gr.themes.Soft(),
     css=".bits textarea { font-family: ui-monospace, monospace; font-size: 12px; }",
-    max_file_size=demo.UPLOAD_MAX_BYTES,
+    max_file_size=UPLOAD_MAX_BYTES,
+    mcp_server=True,
 )
+RUN_MINUTES = float(os.environ.get("BITLM_RUN_MINUTES", "10"))
 
 INTRO = """# BitLM — a language model that reads and writes bits
 Text becomes UTF-8 bytes, each byte 8 data bits plus an even-parity bit. Bit streams compress losslessly,
 and the model can read them through the codec (**Enable Compression**) or, trained multi-task, directly."""
 
+# Events take their inputs as sent (preprocess=False): the endpoints check every value themselves, so a
+# wrong type over the API gets the app's own message. How many requests of each kind run at once: two
+# cores, so a few; a streamed generation must not hold up every other visitor's.
+RAW = dict(preprocess=False)
 
-def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small", run_root: str | Path = "runs") -> gr.Blocks:
+
+class _AnyUpload(GradioRootModel):
+    root: FileData | Any  # a file, or anything else for the endpoint to refuse in its own words
+
+
+class UploadBox(gr.File):
+    """`gr.File` whose API value may be anything: a file goes through Gradio's upload checks as usual, and
+    a wrong value ('', a number, a server path) reaches the endpoint, which refuses it with a message."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.data_model = _AnyUpload
+
+
+def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small", run_root: str | Path = "runs",
+               run_minutes: float = RUN_MINUTES) -> gr.Blocks:
     """The app. Takes: the shipped model's folder, the `PRESETS` name of the untrained fallback used when that
-    folder holds no loadable model, and the folder training runs are written under. Returns: the `gr.Blocks`."""
-    slot = demo.load_app_model(model_dir, fallback_preset)
-    session = demo.TrainingSession(run_root)
+    folder holds no loadable model, the folder training runs are written under, and the wall-time cap of a
+    training run in minutes. Returns: the `gr.Blocks`."""
+    api = Endpoints(load_app_model(model_dir, fallback_preset), SharedTrainer(run_root, time_limit_s=60 * run_minutes))
 
     with gr.Blocks(title="BitLM") as blocks:
+        visitor = gr.State(Visitor(), delete_callback=api.forget)  # each session gets its own copy
         gr.Markdown(INTRO)
-        model_info = gr.Markdown(slot.describe(), elem_id="model-info")
-        last = gr.State(None)
+        model_info = gr.Markdown(api.shipped.describe(), label="Model", elem_id="model-info")
 
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
@@ -46,37 +73,46 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                     with gr.Row():
                         n_bytes = gr.Slider(1, demo.GEN_MAX_BYTES, value=48, step=1, label="Bytes to generate",
                                             info=f"at most {demo.GEN_MAX_BYTES:,}")
-                        temperature = gr.Slider(0, 2.0, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
-                        seed = gr.Number(0, precision=0, label="Seed", info="empty = random")
+                        temperature = gr.Slider(0, demo.TEMPERATURE_MAX, value=0.8, step=0.05, label="Temperature",
+                                                info="0 = greedy")
+                        seed = gr.Number(0, precision=0, label="Seed",
+                                         info=f"0 to {demo.SEED_MAX:,}; empty = random")
                     compress = gr.Checkbox(True, label="Enable Compression", elem_id="enable-compression",
                                            info="compress the prompt's bits before the model and decompress its output")
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    with gr.Row():
+                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                        gen_stop_btn = gr.Button("Stop", variant="stop", elem_id="generate-stop")
                 with gr.Column():
                     out_text = gr.Textbox(label="Output text", lines=5, elem_id="out-text")
                     with gr.Row():
                         in_ratio = gr.Number(label="Input compression ratio", precision=3, elem_id="in-ratio")
                         out_ratio = gr.Number(label="Output compression ratio", precision=3, elem_id="out-ratio")
-                    gen_status = gr.Markdown(elem_id="gen-status")
-                    out_bits = gr.Textbox(label="Output bits (one group per byte frame)", lines=6,
-                                          elem_classes="bits")
+                    gen_status = gr.Markdown(label="Generation status", elem_id="gen-status")
+                    out_bits = gr.Textbox(label="Output bits (one group per byte frame; bits that complete a "
+                                                "mid-frame prompt come first, on a line of their own)",
+                                          lines=6, elem_classes="bits", elem_id="out-bits")
 
         with gr.Tab("Train", id="train"):
             with gr.Row():
-                corpus = gr.Radio(list(demo.CORPORA), value="pydoc", label="Corpus")
-                upload = gr.File(file_types=[".txt"], label=f"Your .txt (UTF-8, ≤ {demo.UPLOAD_MAX_BYTES // 2**20} MB)")
+                corpus = gr.Radio(list(CORPORA), value="pydoc", label="Corpus")
+                upload = UploadBox(file_types=[".txt"], label=f"Your .txt (UTF-8, ≤ {UPLOAD_MAX_BYTES // 2**20} MB)")
             with gr.Row():
                 preset = gr.Dropdown(list(PRESETS), value="small", label="Model size (preset)",
                                      info="tiny: seconds, small: minutes, base: hours on a CPU")
-                steps = gr.Number(1000, precision=0, label=f"Steps (≤ {demo.TRAIN_MAX_STEPS:,})")
+                steps = gr.Number(1000, precision=0, label=f"Steps (1 to {TRAIN_MAX_STEPS:,})")
                 compress_prob = gr.Slider(0, 1, value=0.5, step=0.05, label="compress_prob")
                 multitask = gr.Checkbox(False, label="Multi-task (also read compressed streams directly)")
+            gr.Markdown(f"One run at a time for everyone using this app, at most {run_minutes:g} minutes; "
+                        "only you can stop, use, save or download your run, and it ends when you close the page.")
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="train-stop")
-                use_btn = gr.Button("Use trained model in Generate")
+                use_btn = gr.Button("Use trained model in Generate", elem_id="use-trained")
+                shipped_btn = gr.Button("Back to the shipped model", elem_id="use-shipped")
                 save_btn = gr.Button("Save model")
                 csv_btn = gr.Button("Download metrics CSV")
-            train_status = gr.Markdown("No training run yet. Pick a corpus and press Start.", elem_id="train-status")
+            train_message = gr.Markdown(label="Message", elem_id="train-message")
+            train_status = gr.Markdown(IDLE, label="Training status", elem_id="train-status")
             with gr.Row():
                 loss_plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot")
                 acc_plot = gr.Plot(label="Accuracy", show_label=False, elem_id="acc-plot")
@@ -94,8 +130,8 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                                          "compressed stream: the stream itself, K/C on the stream")
             tel_text = gr.Textbox("Hello, world!", label=f"Text (≤ {demo.PROMPT_MAX_CHARS:,} characters)", lines=2)
             tel_btn = gr.Button("Compute telemetry", variant="primary", elem_id="telemetry-btn")
-            tel_summary = gr.Markdown()
-            tel_status = gr.Markdown(elem_id="tel-status")
+            tel_summary = gr.Markdown(label="Summary")
+            tel_status = gr.Markdown(label="Telemetry status", elem_id="tel-status")
             tel_table = gr.Dataframe(label="K, C, S")
             prob_plot = gr.Plot(label="Per-position probability and entropy", show_label=False)
             with gr.Row():
@@ -107,7 +143,7 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         with gr.Tab("Codec", id="codec"):
             with gr.Row():
                 with gr.Column():
-                    codec_mode = gr.Radio(["text", "bits"], value="text", label="Input is")
+                    codec_mode = gr.Radio(list(demo.CODEC_MODES), value="text", label="Input is")
                     codec_in = gr.Textbox("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb", lines=4, label=(
                         f"Input (text ≤ {demo.CODEC_MAX_CHARS:,} characters, bits ≤ {demo.CODEC_MAX_BITS:,})"))
                     with gr.Row():
@@ -119,51 +155,55 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                                         elem_classes="bits")
                     decompress_btn = gr.Button("Decompress")
                     codec_ratio = gr.Number(label="Compression ratio", precision=3)
-                    codec_status = gr.Markdown()
+                    codec_status = gr.Markdown(label="Codec status")
                     codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                     codec_text = gr.Textbox(lines=2, label="Decompressed text")
             gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
                         f"(text ≤ {demo.NEURAL_MAX_CHARS:,} characters; about 500 bytes a second each way, "
                         f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
             neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
-            neural_status = gr.Markdown(elem_id="neural-status")
+            neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
             neural_table = gr.Dataframe(label="Bits per byte on this text")
 
-        generate_btn.click(functools.partial(demo.generate, slot),
-                           [prompt, mode, n_bytes, temperature, seed, compress],
-                           [out_text, out_bits, in_ratio, out_ratio, gen_status, last], api_name="generate")
+        gen_event = generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, visitor],
+                                       [out_text, out_bits, in_ratio, out_ratio, gen_status, visitor],
+                                       api_name="generate", concurrency_limit=4, **RAW)
+        gen_stop_btn.click(lambda: "⏹ Stopped. The text and bits above are what was generated until then.",
+                           None, gen_status, cancels=[gen_event], api_visibility="private")
 
         upload.upload(lambda: "uploaded .txt", None, corpus, api_visibility="private")  # an upload means: train on it
         train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics, timer]
-        refresh = functools.partial(demo.refresh_training, session)
-        start_btn.click(session.start, [corpus, upload, preset, steps, compress_prob, multitask], train_status,
-                        api_name="train_start") \
-            .then(refresh, None, train_outputs, show_progress="hidden", api_visibility="private")
-        timer.tick(refresh, None, train_outputs,
-                   show_progress="hidden", api_name="train_status")
-        stop_btn.click(session.stop, None, train_status, api_name="train_stop")
-        use_btn.click(functools.partial(session.use_trained, slot), None, train_status, api_name="use_trained") \
-            .then(slot.describe, None, model_info, api_visibility="private")
-        save_btn.click(session.save, None, [files, train_status], api_name="save_model")
-        csv_btn.click(session.export_csv, None, [files, train_status], api_name="export_csv")
+        timer.tick(api.train_status, visitor, train_outputs, show_progress="hidden", api_name="train_status",
+                   concurrency_limit=4)
+        start_btn.click(api.train_start, [corpus, upload, preset, steps, compress_prob, multitask, visitor],
+                        train_message, api_name="train_start", **RAW) \
+            .then(api.train_status, visitor, train_outputs, show_progress="hidden", api_visibility="private")
+        stop_btn.click(api.train_stop, visitor, train_message, api_name="train_stop")
+        use_btn.click(api.use_trained, visitor, [train_message, model_info, visitor], api_name="use_trained")
+        shipped_btn.click(api.use_shipped, visitor, [train_message, model_info, visitor], api_name="use_shipped")
+        save_btn.click(api.save_model, visitor, [files, train_message], api_name="save_model")
+        csv_btn.click(api.export_csv, visitor, [files, train_message], api_name="export_csv")
 
-        tel_btn.click(functools.partial(demo.telemetry, slot), [tel_source, tel_text, tel_view, last, layer, head],
-                      [tel_summary, tel_table, prob_plot, heat_plot, tel_status, attention], api_name="telemetry")
+        tel_btn.click(api.telemetry, [tel_source, tel_text, tel_view, layer, head, visitor],
+                      [tel_summary, tel_table, prob_plot, heat_plot, tel_status, attention], api_name="telemetry",
+                      concurrency_limit=4, **RAW)
         gr.on([layer.change, head.change], demo.heatmap, [attention, layer, head], heat_plot, show_progress="hidden",
-              api_visibility="private")
+              api_visibility="private", **RAW)
 
         compress_btn.click(demo.codec_compress, [codec_in, codec_mode, method, parity],
-                           [stream, codec_text, codec_ratio, codec_status], api_name="compress")
+                           [stream, codec_text, codec_ratio, codec_status], api_name="compress",
+                           concurrency_limit=4, **RAW)
         decompress_btn.click(demo.codec_decompress, [stream, parity],
-                             [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress")
+                             [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress",
+                             concurrency_limit=4, **RAW)
+        neural_btn.click(api.neural_compress, [codec_in, visitor], [neural_table, neural_status],
+                         api_name="neural_compress", concurrency_limit=2, **RAW)
 
-        def neural(text, progress=gr.Progress()):
-            return demo.codec_neural(slot, text, progress)
-        neural_btn.click(neural, codec_in, [neural_table, neural_status], api_name="neural_compress")
-
-        # A page opened later shows the current model and any run in progress, not the start-up state.
-        blocks.load(slot.describe, None, model_info, api_visibility="private")
-        blocks.load(refresh, None, train_outputs, show_progress="hidden", api_visibility="private")
+        # A page opened later shows the visitor's model and their run, not the start-up state; a page closed
+        # ends its visitor's run and removes their run folder.
+        blocks.load(api.model_line, visitor, model_info, api_visibility="private")
+        blocks.load(api.train_status, visitor, train_outputs, show_progress="hidden", api_visibility="private")
+        blocks.unload(api.end_session)
     return blocks
 
 

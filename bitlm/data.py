@@ -121,6 +121,8 @@ def _read_text_file(path: Path) -> str:
     data = path.read_bytes()
     if not data.strip():
         raise CorpusError(f"{path}: the file is empty")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CorpusError(f"{path}: UTF-16 text, not UTF-8; save it as UTF-8 first")
     if b"\x00" in data:
         raise CorpusError(f"{path}: looks like a binary file (it contains NUL bytes), not text")
     try:

@@ -41,16 +41,17 @@ def serving(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def tiny_slot(tmp_path_factory):
-    """The app's model slot with no shipped model: the untrained `tiny` fallback."""
-    from bitlm import demo
-    return demo.load_app_model(tmp_path_factory.mktemp("no-model"), fallback_preset="tiny")
+def tiny_model(tmp_path_factory):
+    """The app's model with no shipped model: the untrained `tiny` fallback (an `AppModel`)."""
+    from bitlm.visitors import load_app_model
+    return load_app_model(tmp_path_factory.mktemp("no-model"), fallback_preset="tiny")
 
 
-def launch_app(model_dir, run_root, fallback_preset: str = "tiny"):
+def launch_app(model_dir, run_root, fallback_preset: str = "tiny", run_minutes: float = 10):
     """Launch the app in this process on a free loopback port; returns (blocks, url)."""
     import app
-    blocks = app.build_demo(model_dir=model_dir, fallback_preset=fallback_preset, run_root=run_root)
+    blocks = app.build_demo(model_dir=model_dir, fallback_preset=fallback_preset, run_root=run_root,
+                            run_minutes=run_minutes)
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                   **app.LAUNCH_KWARGS)

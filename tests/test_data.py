@@ -89,6 +89,7 @@ def test_files_list_and_folder(tmp_path):
     (b"", "empty"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
     (b"caf\xe9 au lait", "not UTF-8"),
+    ("utf-16 text".encode("utf-16"), "UTF-16 text, not UTF-8"),
 ])
 def test_bad_files_are_rejected_naming_the_file(tmp_path, content, message):
     path = tmp_path / "bad.txt"

@@ -1,16 +1,14 @@
-"""bitlm.demo: the app's handlers called directly (no server, no browser), on the tiny untrained model."""
-from pathlib import Path
+"""bitlm.demo: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
+import json
 
-import pandas as pd
 import pytest
 import torch
 
 from bitlm import demo
 from bitlm.bits import bytes_to_bits, format_bits, text_to_bits
 from bitlm.codec import CodecError, compress_bits, compression_ratio
-from bitlm.model import BitTransformerLM, Generation
-from bitlm.train import PRESETS
-from conftest import wait_until
+from bitlm.model import Generation
+from bitlm.visitors import AppModel
 
 FAILED = "⚠️"
 
@@ -22,46 +20,19 @@ def assert_friendly(status: str, *fragments: str) -> None:
         assert fragment in status, status
 
 
-# ------------------------------------------------------------------------------------------ model loading
-
-
-def test_missing_model_falls_back_to_a_fresh_one_with_a_notice(tmp_path):
-    slot = demo.load_app_model(tmp_path / "nowhere", fallback_preset="tiny")
-    assert_friendly(slot.notice, "No trained model", "untrained")
-    assert slot.model.config == PRESETS["tiny"][0] and slot.untrained
-    assert slot.notice in slot.describe() and "fallback" in slot.describe()
-
-
-def test_broken_model_folder_falls_back(tmp_path):
-    (tmp_path / "config.json").write_text("{ not json")
-    slot = demo.load_app_model(tmp_path, fallback_preset="tiny")
-    assert_friendly(slot.notice, str(tmp_path))
-
-
-def test_saved_model_is_loaded(tmp_path):
-    model = BitTransformerLM(PRESETS["tiny"][0])
-    model.save_pretrained(tmp_path)
-    slot = demo.load_app_model(tmp_path, fallback_preset="tiny")
-    assert slot.notice == "" and "shipped" in slot.source
-    for a, b in zip(model.state_dict().values(), slot.model.state_dict().values()):
-        assert torch.equal(a, b)
-
-
-def test_fallback_model_is_reproducible(tmp_path):
-    a = demo.load_app_model(tmp_path, "tiny").model.state_dict()
-    b = demo.load_app_model(tmp_path, "tiny").model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 # ------------------------------------------------------------------------------------------ generate
 
 
-def gen(slot, prompt="Hello", mode="text", n_bytes=6, temperature=1.0, seed=3, compress=False):
-    return demo.generate(slot, prompt, mode, n_bytes, temperature, seed, compress)
+def gen(model, prompt="Hello", mode="text", n_bytes=6, temperature=1.0, seed=3, compress=False):
+    return demo.generate_all(model, prompt, mode, n_bytes, temperature, seed, compress)
 
 
-def test_compression_does_not_change_the_generation(tiny_slot):
-    off, on = gen(tiny_slot, compress=False), gen(tiny_slot, compress=True)
+def frames_of(bits_text: str) -> list[str]:
+    return bits_text.split()
+
+
+def test_compression_does_not_change_the_generation(tiny_model):
+    off, on = gen(tiny_model, compress=False), gen(tiny_model, compress=True)
     assert off.bits and on.bits  # generated (an untrained model's bytes may still be invalid UTF-8)
     assert on.text == off.text and on.bits == off.bits
     assert off.input_ratio is None and off.output_ratio is None
@@ -73,55 +44,94 @@ def test_compression_does_not_change_the_generation(tiny_slot):
     assert "Input:" in on.status and "Output:" in on.status
 
 
-def test_same_seed_same_text_other_seed_other_bits(tiny_slot):
-    a, b, c = gen(tiny_slot, seed=11), gen(tiny_slot, seed=11), gen(tiny_slot, seed=12, n_bytes=32)
+def test_same_seed_same_text_other_seed_other_bits(tiny_model):
+    a, b, c = gen(tiny_model, seed=11), gen(tiny_model, seed=11), gen(tiny_model, seed=12, n_bytes=32)
     assert a.bits == b.bits and a.text == b.text
     assert c.bits[: len(a.bits)] != a.bits
 
 
-def test_bit_and_stream_prompts_match_the_text_prompt(tiny_slot):
+def test_bit_and_stream_prompts_match_the_text_prompt(tiny_model):
     bits = text_to_bits("Hi")
-    by_text = gen(tiny_slot, "Hi")
-    by_bits = gen(tiny_slot, format_bits(bits), "bits")
-    by_stream = gen(tiny_slot, format_bits(compress_bits(bits), group=8), "compressed stream")
+    by_text = gen(tiny_model, "Hi")
+    by_bits = gen(tiny_model, format_bits(bits), "bits")
+    by_stream = gen(tiny_model, format_bits(compress_bits(bits), group=8), "compressed stream")
     assert by_text.bits == by_bits.bits == by_stream.bits
     assert by_stream.input_ratio == compression_ratio(bits, compress_bits(bits))
 
 
-def test_bit_prompt_ending_mid_frame_is_completed_then_decoded(tiny_slot):
-    result = gen(tiny_slot, "0110100", "bits", n_bytes=3)
+def test_bit_prompt_ending_mid_frame_is_completed_then_decoded(tiny_model):
+    result = gen(tiny_model, "0110100", "bits", n_bytes=3)
     assert "mid-frame" in result.status and "first 2 generated bits" in result.status
-    assert len([c for c in result.bits if c in "01"]) == 3 * 9 + 2
+    first, *frames = result.bits.split("\n")
+    assert len(first) == 2 and set(first) <= {"0", "1"}  # the completing bits, on a line of their own
+    groups = " ".join(frames).split()
+    assert [len(g) for g in groups] == [9, 9, 9]
+    assert all(g.count("1") % 2 == 0 for g in groups)  # true frames: even parity
 
 
-def test_seed_left_empty_picks_and_reports_one(tiny_slot):
-    result = gen(tiny_slot, seed=None)
+def test_generation_streams_then_ends_with_the_full_result(tiny_model):
+    results = list(demo.generate(tiny_model, "Hello", "text", 40, 0.8, 5, True))
+    partial, final = results[:-1], results[-1]
+    assert len(partial) >= 2 and all(r.status.startswith("Generating…") for r in partial)
+    assert all(r.output_ratio is None and r.last is None for r in partial)
+    lengths = [len(frames_of(r.bits)) for r in partial]
+    assert lengths == sorted(lengths) and lengths[-1] < 40
+    assert final.output_ratio is not None and final.last is not None
+    assert final.bits == gen(tiny_model, n_bytes=40, temperature=0.8, seed=5, compress=True).bits
+    assert final.bits.startswith(partial[-1].bits)
+
+
+def test_closing_a_stream_stops_the_generation(tiny_model, monkeypatch):
+    made = []
+    real = type(tiny_model.model).generate_stream
+
+    def counting(self, *args, **kwargs):
+        for g in real(self, *args, **kwargs):
+            made.append(g.bits.numel())
+            yield g
+    monkeypatch.setattr(type(tiny_model.model), "generate_stream", counting)
+    stream = demo.generate(tiny_model, "Hello", "text", demo.GEN_MAX_BYTES, 1.0, 1, False)
+    next(stream)
+    stream.close()
+    assert len(made) == 1 and made[0] < demo.GEN_MAX_BYTES * 9
+
+
+@pytest.mark.parametrize("seed", [0, demo.SEED_MAX, str(demo.SEED_MAX), float(demo.SEED_MAX)])
+def test_every_seed_the_message_allows_is_accepted(tiny_model, seed):
+    result = gen(tiny_model, seed=seed)
+    assert f"(seed {int(seed)})" in result.status and result.bits
+    assert_friendly(gen(tiny_model, seed=demo.SEED_MAX + 1).status, f"0 to {demo.SEED_MAX:,}")
+
+
+@pytest.mark.parametrize("seed", [None, "", "  "])
+def test_seed_left_empty_picks_and_reports_one(tiny_model, seed):
+    result = gen(tiny_model, seed=seed)
     assert "seed " in result.status and result.bits
 
 
 def _fake_generate(data: bytes):
-    """A stand-in for `model.generate` that 'samples' the given bytes."""
+    """A stand-in for `model.generate_stream` that 'samples' the given bytes."""
     def fake(prompt_bits, n_bits, **kwargs):
         bits = bytes_to_bits(data)[:n_bits]
-        return Generation(bits=bits, probs=torch.full((bits.numel(),), 0.5), parity_set=len(data), output=None)
+        yield Generation(bits=bits, probs=torch.full((bits.numel(),), 0.5), parity_set=len(data), output=None)
     return fake
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_undecodable_output_falls_back_to_lenient_text(tiny_slot, monkeypatch, compress):
-    monkeypatch.setattr(tiny_slot.model, "generate", _fake_generate(b"ok\xff\xfeok"))
-    result = gen(tiny_slot, n_bytes=6, compress=compress)
+def test_undecodable_output_falls_back_to_lenient_text(tiny_model, monkeypatch, compress):
+    monkeypatch.setattr(tiny_model.model, "generate_stream", _fake_generate(b"ok\xff\xfeok"))
+    result = gen(tiny_model, n_bytes=6, compress=compress)
     assert_friendly(result.status, "lower temperature")
     assert ("turn compression off" in result.status) == compress
     assert result.text == "ok\ufffd\ufffdok"
 
 
-def test_failed_output_decompression_shows_the_raw_bits(tiny_slot, monkeypatch):
+def test_failed_output_decompression_shows_the_raw_bits(tiny_model, monkeypatch):
     def broken(stream):
         raise CodecError("stream truncated")
     monkeypatch.setattr(demo, "model_output_decompress", broken)
-    monkeypatch.setattr(tiny_slot.model, "generate", _fake_generate(b"hello!"))
-    result = gen(tiny_slot, compress=True)
+    monkeypatch.setattr(tiny_model.model, "generate_stream", _fake_generate(b"hello!"))
+    result = gen(tiny_model, compress=True)
     assert result.text == "hello!"
     assert "did not decompress" in result.status and "turn compression off" in result.status
 
@@ -142,61 +152,82 @@ BAD_GENERATE = [
     ({"n_bytes": 0}, "length"),
     ({"n_bytes": 10**9}, "length"),
     ({"n_bytes": "many"}, "must be a number"),
+    ({"n_bytes": None}, "length must be a number"),
+    ({"n_bytes": float("inf")}, "finite"),
+    ({"n_bytes": True}, "must be a number"),
     ({"temperature": -0.5}, "temperature"),
-    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"temperature": "warm"}, "temperature must be a number"),
+    ({"temperature": None}, "temperature must be a number"),
+    ({"temperature": demo.TEMPERATURE_MAX + 0.01}, "from 0 to 2"),
     ({"seed": -1}, "seed"),
     ({"seed": 1.5}, "seed"),
+    ({"seed": "abc"}, "seed must be a number"),
+    ({"seed": float("nan")}, "seed must be a finite number"),
+    ({"seed": [1]}, "seed must be a number"),
+    ({"prompt": None}, "empty"),
+    ({"prompt": 42}, "must be text"),
+    ({"mode": None}, "Unknown prompt mode"),
+    ({"compress": None}, "Enable Compression setting must be true or false"),
+    ({"compress": "yes"}, "must be true or false"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,fragment", BAD_GENERATE, ids=[f"{k}-{i}" for i, (k, _) in enumerate(BAD_GENERATE)])
-def test_bad_generate_input_gets_a_friendly_message(tiny_slot, kwargs, fragment):
-    result = gen(tiny_slot, **kwargs)
+def test_bad_generate_input_gets_a_friendly_message(tiny_model, kwargs, fragment):
+    result = gen(tiny_model, **kwargs)
     assert_friendly(result.status, fragment)
     assert result.text == "" and result.input_ratio is None
 
 
-def test_corrupted_stream_prompt_is_reported(tiny_slot):
+def test_corrupted_stream_prompt_is_reported(tiny_model):
     stream = compress_bits(text_to_bits("Hello"))
     stream[3] ^= 1  # inside the magic byte
-    result = gen(tiny_slot, format_bits(stream, group=8), "compressed stream")
+    result = gen(tiny_model, format_bits(stream, group=8), "compressed stream")
     assert_friendly(result.status, "Not a valid compressed stream")
 
 
-def test_unexpected_errors_are_reported_and_logged(tiny_slot, monkeypatch, caplog):
+def test_an_input_error_is_one_log_line_without_traceback(tiny_model, caplog):
+    gen(tiny_model, n_bytes="lots")
+    lines = [r for r in caplog.records if r.name == "bitlm.app"]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert "generate refused" in lines[0].getMessage() and "\n" not in lines[0].getMessage()
+
+
+def test_unexpected_errors_are_reported_and_logged(tiny_model, monkeypatch, caplog):
     def explode(*args, **kwargs):
         raise RuntimeError("kaboom")
-    monkeypatch.setattr(tiny_slot.model, "generate", explode)
-    result = gen(tiny_slot)
+    monkeypatch.setattr(tiny_model.model, "generate_stream", explode)
+    result = gen(tiny_model)
     assert_friendly(result.status, "Unexpected error", "kaboom", "still running")
-    assert "kaboom" in caplog.text
+    assert "kaboom" in caplog.text and any(r.exc_info for r in caplog.records)  # a bug keeps its traceback
 
 
 # ------------------------------------------------------------------------------------------ telemetry
 
 
 @pytest.mark.parametrize("view", demo.TELEMETRY_VIEWS)
-def test_telemetry_on_text(tiny_slot, view):
-    result = demo.telemetry(tiny_slot, "text below", "Hi there", view, None)  # fits tiny's 144-bit context
+def test_telemetry_on_text(tiny_model, view):
+    result = demo.telemetry(tiny_model, "text below", "Hi there", view, None)  # fits tiny's 144-bit context
     assert not result.status.startswith(FAILED), result.status
     assert list(result.table["name"]) == list(demo.plots.TELEMETRY_EXPLAINED)
     assert result.table["value"].notna().sum() >= 4
     bits = text_to_bits("Hi there")
     n = bits.numel() if view == "decompressed bits" else compress_bits(bits).numel()
     assert len(result.probability.data[0].y) == n
-    config = tiny_slot.model.config
+    config = tiny_model.model.config
     assert len(result.attention) == config.n_layer and result.attention[0].shape[0] == config.n_head
     assert result.heatmap.data[0].type == "heatmap"
 
 
-def test_telemetry_on_the_last_generation(tiny_slot):
-    last = gen(tiny_slot, "Hi", n_bytes=4).last
-    result = demo.telemetry(tiny_slot, "last generation", "", "decompressed bits", last)
+def test_telemetry_on_the_last_generation(tiny_model):
+    last = gen(tiny_model, "Hi", n_bytes=4).last
+    result = demo.telemetry(tiny_model, "last generation", "", "decompressed bits", last)
     assert len(result.probability.data[0].y) == (2 + 4) * 9
 
 
-def test_telemetry_crops_long_inputs_to_the_context(tiny_slot):
-    result = demo.telemetry(tiny_slot, "text below", "abc" * 100, "compressed stream", None)
+def test_telemetry_crops_long_inputs_to_the_context(tiny_model):
+    result = demo.telemetry(tiny_model, "text below", "abc" * 100, "compressed stream", None)
     assert "fit the model's context" in result.status
 
 
@@ -206,20 +237,35 @@ def test_telemetry_crops_long_inputs_to_the_context(tiny_slot):
     ("text below", "  ", "decompressed bits", "whitespace"),
     ("text below", HUGE, "decompressed bits", "limit"),
     ("text below", "hi", "sideways", "Unknown view"),
+    ("text below", 12, "decompressed bits", "must be text"),
+    (None, "hi", "decompressed bits", "Unknown source"),
+    ("text below", "hi", None, "Unknown view"),
 ])
-def test_bad_telemetry_input(tiny_slot, source, text, view, fragment):
-    result = demo.telemetry(tiny_slot, source, text, view, None)
+def test_bad_telemetry_input(tiny_model, source, text, view, fragment):
+    result = demo.telemetry(tiny_model, source, text, view, None)
     assert_friendly(result.status, fragment)
 
 
-def test_telemetry_without_a_generation_falls_back_to_the_text(tiny_slot):
-    result = demo.telemetry(tiny_slot, "last generation", "Hello", "decompressed bits", None)
+def test_telemetry_without_a_generation_falls_back_to_the_text(tiny_model):
+    result = demo.telemetry(tiny_model, "last generation", "Hello", "decompressed bits", None)
     assert "no generation yet" in result.status and result.status.startswith("✓")
     assert len(result.probability.data[0].y) == 5 * 9
 
 
-def test_heatmap_clamps_layer_and_head(tiny_slot):
-    attention = demo.telemetry(tiny_slot, "text below", "Hello", "decompressed bits", None).attention
+@pytest.mark.parametrize("layer,head,fragment", [("x", 0, "layer must be a number"), (0, float("nan"), "head must be a finite"),
+                                                  (-1, 0, "layer must be a whole number from 0")])
+def test_bad_layer_or_head(tiny_model, layer, head, fragment):
+    result = demo.telemetry(tiny_model, "text below", "Hi", "decompressed bits", None, layer, head)
+    assert_friendly(result.status, fragment)
+
+
+def test_failed_telemetry_table_is_strict_json(tiny_model):
+    table = demo.telemetry(tiny_model, "text below", "", "decompressed bits", None).table
+    json.dumps(table.values.tolist(), allow_nan=False)  # raises on NaN
+
+
+def test_heatmap_clamps_layer_and_head(tiny_model):
+    attention = demo.telemetry(tiny_model, "text below", "Hello", "decompressed bits", None).attention
     fig = demo.heatmap(attention, 99, -3)
     assert f"layer {len(attention) - 1}, head 0" in fig.layout.title.text
     assert demo.heatmap(None, 0, 0).layout.annotations[0].text == "run telemetry first"
@@ -268,6 +314,12 @@ def test_codec_corrupted_and_truncated_streams():
     (lambda: demo.codec_decompress("   ", True), "empty"),
     (lambda: demo.codec_decompress("0101 01O1", True), "invalid character 'O'"),
     (lambda: demo.codec_decompress("1" * 1_000_000, True), "limit"),
+    (lambda: demo.codec_compress(None, "text", "auto", True), "empty"),
+    (lambda: demo.codec_compress(3.5, "text", "auto", True), "must be text"),
+    (lambda: demo.codec_compress("hi", None, "auto", True), "Unknown input mode"),
+    (lambda: demo.codec_compress("hi", "text", "auto", "no"), "parity setting must be true or false"),
+    (lambda: demo.codec_decompress(101, True), "must be text of 0s and 1s"),
+    (lambda: demo.codec_decompress("0101", None), "parity setting"),
 ])
 def test_bad_codec_input(call, fragment):
     result = call()
@@ -275,138 +327,9 @@ def test_bad_codec_input(call, fragment):
     assert result.bits == "" and result.ratio is None
 
 
-# ------------------------------------------------------------------------------------------ training
-
-
-@pytest.fixture
-def session(tmp_path):
-    session = demo.TrainingSession(tmp_path / "runs")
-    yield session
-    if session.running:
-        session.stop()
-        wait_until(lambda: not session.running, 60, what="the run to stop")
-
-
-def start(session, steps=20, corpus="pydoc", upload=None, multitask=False):
-    return session.start(corpus, upload, "tiny", steps, 0.5, multitask)
-
-
-def test_training_run_end_to_end(session, tiny_slot, tmp_path):
-    assert session.snapshot().status.startswith("No training run yet")
-    assert start(session, steps=20, multitask=True).startswith("✓")
-    wait_until(lambda: not session.running, 120, what="the run to finish")
-    snap = session.snapshot()
-    assert snap.status.startswith("✓ Training finished at step 20/20"), snap.status
-    assert snap.table["step"].tolist() == [10, 20]
-    assert snap.table["direct_loss"].notna().all()  # multi-task: the model read streams directly
-    assert {t.name for t in snap.loss.data} >= {"raw", "compressed", "direct (reads stream)"}
-    assert len(snap.loss.data[0].x) == 2
-
-    files, status = session.export_csv()
-    assert status.startswith("✓")
-    assert pd.read_csv(files[0])["step"].tolist() == [10, 20]
-
-    files, status = session.save()
-    assert status.startswith("✓") and {Path(f).name for f in files} >= {"config.json", "model.safetensors"}
-    assert BitTransformerLM.from_pretrained(str(Path(files[0]).parent)).config == PRESETS["tiny"][0]
-
-    slot = demo.ModelSlot(tiny_slot.model, "test")
-    assert session.use_trained(slot).startswith("✓")
-    assert "trained in this session" in slot.describe()
-    assert slot.model is not session._trainer.model  # a copy: training can never touch it
-    assert gen(slot).bits
-
-
-def test_one_run_at_a_time_and_stop(session):
-    assert_friendly(session.stop(), "No training run is in progress")
-    assert start(session, steps=demo.TRAIN_MAX_STEPS).startswith("✓")
-    assert_friendly(start(session), "already in progress")
-    assert_friendly(session.use_trained(demo.ModelSlot(BitTransformerLM(PRESETS["tiny"][0]), "x")), "still running")
-    assert session.stop().startswith("✓")
-    wait_until(lambda: not session.running, 60, what="the run to stop")
-    assert "stopped" in session.snapshot().status
-    assert start(session, steps=10).startswith("✓")  # a new run after the stop
-
-
-def test_nothing_to_use_save_or_export_before_a_run(session, tiny_slot):
-    assert_friendly(session.use_trained(tiny_slot), "no trained model")
-    assert_friendly(session.save()[1], "no trained model")
-    files, status = session.export_csv()
-    assert files is None
-    assert_friendly(status, "no metrics")
-
-
-def test_generation_keeps_working_while_training(session, tiny_slot):
-    assert start(session, steps=demo.TRAIN_MAX_STEPS).startswith("✓")
-    results = [gen(tiny_slot, seed=5) for _ in range(3)]
-    assert session.running
-    assert results[0].bits and all(r.bits == results[0].bits for r in results)
-
-
-@pytest.mark.parametrize("content,fragment", [
-    (b"", "empty"),
-    (b"caf\xe9 au lait " * 10, "not UTF-8"),
-    (bytes(range(256)) * 4, "binary"),
-])
-def test_bad_uploads(session, tmp_path, content, fragment):
-    path = tmp_path / "upload.txt"
-    path.write_bytes(content)
-    status = start(session, corpus="uploaded .txt", upload=str(path))
-    assert_friendly(status, "upload.txt", fragment)
-    assert str(tmp_path) not in status  # the server's temp path means nothing to the user
-    assert not session.running
-
-
-def test_upload_size_cap_and_missing_upload(session, tmp_path):
-    path = tmp_path / "big.txt"
-    path.write_bytes(b"a" * (demo.UPLOAD_MAX_BYTES + 1))
-    assert_friendly(start(session, corpus="uploaded .txt", upload=str(path)), "limit is 5 MB")
-    assert_friendly(start(session, corpus="uploaded .txt", upload=None), "No file uploaded")
-
-
-def test_uploaded_text_trains(session, tmp_path):
-    path = tmp_path / "mine.txt"
-    path.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
-    assert start(session, steps=10, corpus="uploaded .txt", upload=str(path)).startswith("✓")
-    wait_until(lambda: not session.running, 60, what="the run to finish")
-    assert session.snapshot().table["step"].tolist() == [10]
-
-
-@pytest.mark.parametrize("steps,prob,preset,corpus,fragment", [
-    (0, 0.5, "tiny", "pydoc", "number of steps"),
-    ("lots", 0.5, "tiny", "pydoc", "number of steps"),
-    (10, 1.5, "tiny", "pydoc", "compress_prob"),
-    (10, 0.5, "huge", "pydoc", "Unknown model size"),
-    (10, 0.5, "tiny", "wikipedia", "Unknown corpus"),
-])
-def test_bad_training_settings(session, steps, prob, preset, corpus, fragment):
-    assert_friendly(session.start(corpus, None, preset, steps, prob, False), fragment)
-    assert not session.running
-
-
-def test_refresh_training_drives_the_timer(session):
-    idle = demo.refresh_training(session)
-    assert len(idle) == 6 and idle[-1].active is False
-    start(session, steps=demo.TRAIN_MAX_STEPS)
-    assert demo.refresh_training(session)[-1].active is True
-
-
-
-def test_a_failing_run_is_reported_and_the_next_one_can_start(session, monkeypatch, caplog):
-    def explode(self, on_log=None):
-        raise RuntimeError("out of memory (simulated)")
-    monkeypatch.setattr(demo.Trainer, "run", explode)
-    assert start(session).startswith("✓")
-    wait_until(lambda: not session.running, 30, what="the failed run to end")
-    assert_friendly(session.snapshot().status, "Training failed", "out of memory (simulated)", "still running")
-    assert "out of memory" in caplog.text
-    monkeypatch.undo()
-    assert start(session, steps=10).startswith("✓")
-
-
-def test_codec_neural_round_trip_and_table(tiny_slot):
+def test_codec_neural_round_trip_and_table(tiny_model):
     calls = []
-    result = demo.codec_neural(tiny_slot, "héllo → 世界, to be or not to be", lambda f, what: calls.append((f, what)))
+    result = demo.codec_neural(tiny_model, "héllo → 世界, to be or not to be", lambda f, what: calls.append((f, what)))
     assert result.status.startswith("✓") and "round trip exact" in result.status
     methods = list(result.table["method"])
     assert methods[:2] == ["model (neural codec)", "model cross-entropy (ideal coder)"]
@@ -415,10 +338,11 @@ def test_codec_neural_round_trip_and_table(tiny_slot):
     assert rates["model (neural codec)"] >= rates["model cross-entropy (ideal coder)"]
     assert {what for _, what in calls} == {"encoding", "decoding"}
     assert "no better than chance" in result.status  # the untrained fallback says so
-    loaded = demo.ModelSlot(tiny_slot.model, "a model named 'untrained' by its folder")
+    loaded = AppModel(tiny_model.model, "a model named 'untrained' by its folder")
     assert "no better than chance" not in demo.codec_neural(loaded, "to be or not to be").status
 
 
-@pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit")])
-def test_codec_neural_bad_input(tiny_slot, text, fragment):
-    assert_friendly(demo.codec_neural(tiny_slot, text).status, fragment)
+@pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit"),
+                                           (None, "empty"), (float("nan"), "must be text")])
+def test_codec_neural_bad_input(tiny_model, text, fragment):
+    assert_friendly(demo.codec_neural(tiny_model, text).status, fragment)
