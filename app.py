@@ -111,6 +111,7 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                 shipped_btn = gr.Button("Back to the shipped model", elem_id="use-shipped")
                 save_btn = gr.Button("Save model")
                 csv_btn = gr.Button("Download metrics CSV")
+                refresh_btn = gr.Button("Refresh", size="sm")
             train_message = gr.Markdown(label="Message", elem_id="train-message")
             train_status = gr.Markdown(IDLE, label="Training status", elem_id="train-status")
             with gr.Row():
@@ -172,12 +173,13 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                            None, gen_status, cancels=[gen_event], api_visibility="private")
 
         upload.upload(lambda: "uploaded .txt", None, corpus, api_visibility="private")  # an upload means: train on it
-        train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics, timer]
-        timer.tick(api.train_status, visitor, train_outputs, show_progress="hidden", api_name="train_status",
-                   concurrency_limit=4)
+        train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics]
+        refresh_btn.click(api.train_status, visitor, train_outputs, api_name="train_status", concurrency_limit=4)
+        timer.tick(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden",
+                   api_visibility="private", concurrency_limit=4)
         start_btn.click(api.train_start, [corpus, upload, preset, steps, compress_prob, multitask, visitor],
                         train_message, api_name="train_start", **RAW) \
-            .then(api.train_status, visitor, train_outputs, show_progress="hidden", api_visibility="private")
+            .then(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden", api_visibility="private")
         stop_btn.click(api.train_stop, visitor, train_message, api_name="train_stop")
         use_btn.click(api.use_trained, visitor, [train_message, model_info, visitor], api_name="use_trained")
         shipped_btn.click(api.use_shipped, visitor, [train_message, model_info, visitor], api_name="use_shipped")
@@ -202,7 +204,8 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         # A page opened later shows the visitor's model and their run, not the start-up state; a page closed
         # ends its visitor's run and removes their run folder.
         blocks.load(api.model_line, visitor, model_info, api_visibility="private")
-        blocks.load(api.train_status, visitor, train_outputs, show_progress="hidden", api_visibility="private")
+        blocks.load(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden",
+                    api_visibility="private")
         blocks.unload(api.end_session)
     return blocks
 

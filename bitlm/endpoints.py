@@ -172,8 +172,14 @@ class Endpoints:
         """Your training run's progress: a status line, loss, accuracy and compression-ratio charts, and the
         metrics table (newest first).
 
-        Returns: status, three charts, the table, and the refresh timer's state.
+        Returns:
+            the status line, the three charts and the metrics table.
         """
+        return self.train_refresh(visitor, request)[:-1]
+
+    def train_refresh(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
+        """`train_status` and the Train tab's refresh timer, which runs only while the visitor's run does (the
+        tick after the run ends draws the final state and stops it)."""
         visitor = _visitor(visitor, request)
         run = self.trainer.run_of(visitor.id)
         if run is None:

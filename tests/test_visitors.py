@@ -70,7 +70,7 @@ class Session:
         return self.api.train_stop(self.state, self.request)
 
     def status(self):
-        return self.api.train_status(self.state, self.request)
+        return self.api.train_refresh(self.state, self.request)
 
     def use_trained(self) -> str:
         status, line, self.state = self.api.use_trained(self.state, self.request)
