@@ -192,10 +192,10 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         gr.on([layer.change, head.change], demo.heatmap, [attention, layer, head], heat_plot, show_progress="hidden",
               api_visibility="private", **RAW)
 
-        compress_btn.click(demo.codec_compress, [codec_in, codec_mode, method, parity],
+        compress_btn.click(demo.compress, [codec_in, codec_mode, method, parity],
                            [stream, codec_text, codec_ratio, codec_status], api_name="compress",
                            concurrency_limit=4, **RAW)
-        decompress_btn.click(demo.codec_decompress, [stream, parity],
+        decompress_btn.click(demo.decompress, [stream, parity],
                              [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress",
                              concurrency_limit=4, **RAW)
         neural_btn.click(api.neural_compress, [codec_in, visitor], [neural_table, neural_status],

@@ -297,7 +297,7 @@ def _codec_failed(status: str) -> CodecResult:
 
 
 @friendly(_codec_failed)
-def codec_compress(source: Any, mode: Any, method: Any, parity: Any) -> CodecResult:
+def compress(source: Any, mode: Any, method: Any, parity: Any) -> CodecResult:
     """Compress text (as 9-bit parity frames, or 8-bit bytes) or typed bits losslessly with the bit codec.
 
     Args:
@@ -322,7 +322,7 @@ def codec_compress(source: Any, mode: Any, method: Any, parity: Any) -> CodecRes
 
 
 @friendly(_codec_failed)
-def codec_decompress(stream_field: Any, parity: Any) -> CodecResult:
+def decompress(stream_field: Any, parity: Any) -> CodecResult:
     """Decompress a bit-codec stream and decode its bits as text leniently (� for what does not decode).
 
     Args:

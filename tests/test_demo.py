@@ -278,18 +278,18 @@ def test_heatmap_clamps_layer_and_head(tiny_model):
 @pytest.mark.parametrize("parity", [True, False])
 def test_codec_round_trip(method, parity):
     text = "aaaaaaaaaaaaaaaabbbbbbbb — ünïcode ✓"
-    packed = demo.codec_compress(text, "text", method, parity)
+    packed = demo.compress(text, "text", method, parity)
     assert packed.status.startswith("✓") and packed.ratio > 0
     assert f"`{method}`" in packed.status or method == "auto"
-    unpacked = demo.codec_decompress(packed.bits, parity)
+    unpacked = demo.decompress(packed.bits, parity)
     assert unpacked.text == text and unpacked.ratio == packed.ratio
     assert unpacked.bits == format_bits(text_to_bits(text, parity=parity), group=9 if parity else 8,
                                         groups_per_line=demo.GROUPS_PER_LINE)
 
 
 def test_codec_typed_bits_round_trip():
-    packed = demo.codec_compress("0000 0000 0000 1111 1111 1", "bits", "rle", True)
-    unpacked = demo.codec_decompress(packed.bits, False)
+    packed = demo.compress("0000 0000 0000 1111 1111 1", "bits", "rle", True)
+    unpacked = demo.decompress(packed.bits, False)
     assert unpacked.bits.replace(" ", "").replace("\n", "") == "0" * 12 + "1" * 9
     assert "not clean text" in unpacked.status  # 21 bits are not whole bytes: said, not failed
 
@@ -300,26 +300,26 @@ def test_codec_corrupted_and_truncated_streams():
     bad_magic = good.clone()
     bad_magic[0] ^= 1
     for stream in (truncated, format_bits(bad_magic, group=8), "0" * 10):
-        assert_friendly(demo.codec_decompress(stream, True).status, "Not a valid compressed stream")
+        assert_friendly(demo.decompress(stream, True).status, "Not a valid compressed stream")
 
 
 @pytest.mark.parametrize("call,fragment", [
-    (lambda: demo.codec_compress("", "text", "auto", True), "empty"),
-    (lambda: demo.codec_compress(" \n ", "text", "auto", True), "whitespace"),
-    (lambda: demo.codec_compress(HUGE, "text", "auto", True), "limit"),
-    (lambda: demo.codec_compress("01x", "bits", "auto", True), "invalid character 'x'"),
-    (lambda: demo.codec_compress("1" * 1_000_000, "bits", "auto", True), "limit"),
-    (lambda: demo.codec_compress("hi", "text", "zip", True), "Unknown method"),
-    (lambda: demo.codec_decompress("", True), "empty"),
-    (lambda: demo.codec_decompress("   ", True), "empty"),
-    (lambda: demo.codec_decompress("0101 01O1", True), "invalid character 'O'"),
-    (lambda: demo.codec_decompress("1" * 1_000_000, True), "limit"),
-    (lambda: demo.codec_compress(None, "text", "auto", True), "empty"),
-    (lambda: demo.codec_compress(3.5, "text", "auto", True), "must be text"),
-    (lambda: demo.codec_compress("hi", None, "auto", True), "Unknown input mode"),
-    (lambda: demo.codec_compress("hi", "text", "auto", "no"), "parity setting must be true or false"),
-    (lambda: demo.codec_decompress(101, True), "must be text of 0s and 1s"),
-    (lambda: demo.codec_decompress("0101", None), "parity setting"),
+    (lambda: demo.compress("", "text", "auto", True), "empty"),
+    (lambda: demo.compress(" \n ", "text", "auto", True), "whitespace"),
+    (lambda: demo.compress(HUGE, "text", "auto", True), "limit"),
+    (lambda: demo.compress("01x", "bits", "auto", True), "invalid character 'x'"),
+    (lambda: demo.compress("1" * 1_000_000, "bits", "auto", True), "limit"),
+    (lambda: demo.compress("hi", "text", "zip", True), "Unknown method"),
+    (lambda: demo.decompress("", True), "empty"),
+    (lambda: demo.decompress("   ", True), "empty"),
+    (lambda: demo.decompress("0101 01O1", True), "invalid character 'O'"),
+    (lambda: demo.decompress("1" * 1_000_000, True), "limit"),
+    (lambda: demo.compress(None, "text", "auto", True), "empty"),
+    (lambda: demo.compress(3.5, "text", "auto", True), "must be text"),
+    (lambda: demo.compress("hi", None, "auto", True), "Unknown input mode"),
+    (lambda: demo.compress("hi", "text", "auto", "no"), "parity setting must be true or false"),
+    (lambda: demo.decompress(101, True), "must be text of 0s and 1s"),
+    (lambda: demo.decompress("0101", None), "parity setting"),
 ])
 def test_bad_codec_input(call, fragment):
     result = call()

@@ -1,0 +1,47 @@
+"""The app as an MCP server (launch(mcp_server=True)): an MCP client on loopback lists the public endpoints
+as tools, with their docstrings as descriptions, and calls one."""
+import asyncio
+
+import pytest
+
+from conftest import launch_app
+
+mcp = pytest.importorskip("mcp", reason="the mcp package is missing: pip install 'gradio[mcp]'")
+from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+TOOLS = {"generate", "train_start", "train_stop", "train_status", "use_trained", "use_shipped", "save_model",
+         "export_csv", "telemetry", "compress", "decompress", "neural_compress"}
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    blocks, url = launch_app(tmp_path_factory.mktemp("no-model"), tmp_path_factory.mktemp("runs"))
+    yield url
+    blocks.close()
+
+
+async def list_and_call(url: str):
+    async with streamablehttp_client(f"{url}gradio_api/mcp/") as (read, write, _):
+        async with mcp.ClientSession(read, write) as session:
+            await session.initialize()
+            tools = (await session.list_tools()).tools
+            result = await session.call_tool("compress", {"source": "aaaaaaaaaaaaaaaa", "mode": "text",
+                                                          "method": "auto", "parity": True})
+            return tools, result
+
+
+def test_mcp_server_lists_the_tools_and_runs_one(url):
+    tools, result = asyncio.run(list_and_call(url))
+    by_name = {t.name: t for t in tools}
+    assert TOOLS <= set(by_name), sorted(by_name)
+    generate = by_name["generate"]
+    assert generate.description.startswith("Continue a prompt with the bit-level language model")
+    props = generate.inputSchema["properties"]
+    assert {"prompt", "mode", "n_bytes", "temperature", "seed", "compress"} <= set(props)
+    assert "0 to 4,294,967,295" in props["seed"]["description"]
+    assert "visitor" not in props and "request" not in props  # session plumbing is not a tool argument
+    assert "corpus" in by_name["train_start"].inputSchema["properties"]
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    assert not result.isError and "compression ratio" in text, text
