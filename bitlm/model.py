@@ -11,15 +11,20 @@ rule) and training uses the patch cross-entropy directly. "transformer" is the M
 alternative: a small causal transformer over the p bits. p = 1 is a plain causal transformer over
 bits. With parity framing the parity bit of each 9-bit frame is determined by its 8 data bits; the
 model predicts it (near-)deterministically and generation sets it instead of sampling it.
+
+Positions: ALiBi over a sliding window of `attn_window` slots (see `bitlm.layers`), so generation and
+the neural codec roll their KV cache and never re-read; v1 checkpoints with learned absolute
+position embeddings (`pos="learned"`) still load and run. Incremental prediction and sampling live in
+`bitlm.generation`, the attention blocks and cache in `bitlm.layers`.
 """
 import json
 import math
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,15 +34,15 @@ from safetensors.torch import load_model, save_model
 
 from bitlm.bits import frame_bits, parity_of
 from bitlm.codec import DEFAULT_MAX_BITS, CodecError, decompress_bits, stream_info
-from bitlm.telemetry import (
-    LN2, Telemetry, attention_entropy, compute_telemetry, lz_complexity, mean_over_queries, negentropy,
+from bitlm.generation import BitDecoder, Generation, generate_stream
+from bitlm.layers import (
+    PARITY_MASK, PARITY_OFFSET, AttentionProbe, Block, KVCache, alibi_slopes, attention_bias,
+    bit_conditionals as _bit_conditionals, gather_bits as _gather_bits,
 )
+from bitlm.telemetry import LN2, Telemetry, compute_telemetry, lz_complexity, negentropy
 
-# Logit penalty on the 256 patterns whose parity bit is wrong: finite (no inf/NaN in losses), yet
-# large enough that P(wrong parity) ~ e^-30 once the 8 data bits are known.
-PARITY_MASK = 30.0
-PARITY_OFFSET = 8        # the parity bit's offset in a 9-bit frame (= patch)
 LOCALS = ("factorized", "transformer")
+POSITIONS = ("alibi", "learned")
 MAX_PATCH_SIZE = 12      # the pattern embedding has 2^patch_size rows
 
 
@@ -47,7 +52,11 @@ class BitLMConfig:
 
     patch_size: bits per patch (9 = a parity-framed byte; 1 = a plain transformer over bits).
     parity: the bits are 9-bit parity frames (stream type 0); requires patch_size 9.
-    block_size: maximum context in bits, a multiple of patch_size.
+    block_size: the length in bits of a `forward` (training and evaluation windows), a multiple of
+    patch_size. attn_window: the patch slots each slot attends to (itself included); 0 = the
+    whole block. Generation and the codec slide this window without bound.
+    pos: "alibi" (relative, slides) or "learned" (v1 absolute embeddings over the block; such a
+    model restarts its context at the block's end). A config.json without `pos` is a v1 one.
     n_layer, n_head, n_embd, dropout: the global transformer.
     local: "factorized" (exact pattern distribution) or "transformer" (MEGABYTE-style local model,
     with local_layers blocks of width local_embd and n_head heads).
@@ -64,6 +73,8 @@ class BitLMConfig:
     local_layers: int = 2
     local_embd: int = 64
     n_stream_types: int = 2
+    pos: str = "alibi"
+    attn_window: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -86,6 +97,12 @@ class BitLMConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.local not in LOCALS:
             raise ValueError(f"local must be one of {LOCALS}, got {self.local!r}")
+        if self.pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
+        if not 0 <= self.attn_window <= self.n_patches:
+            raise ValueError(f"attn_window must be in [0, {self.n_patches}] patch slots (0 = the whole block), got {self.attn_window}")
+        if self.pos == "learned" and self.attn_window not in (0, self.n_patches):
+            raise ValueError("learned positions cannot slide: attn_window must be 0 with pos='learned'")
         if self.local == "transformer" and self.local_embd % self.n_head:
             raise ValueError(f"local_embd {self.local_embd} must be divisible by n_head {self.n_head}")
 
@@ -93,6 +110,11 @@ class BitLMConfig:
     def n_patches(self) -> int:
         """Global positions (patch slots) in a full context."""
         return self.block_size // self.patch_size
+
+    @property
+    def window(self) -> int:
+        """Patch slots each slot attends to, itself included."""
+        return self.attn_window or self.n_patches
 
     @classmethod
     def from_dict(cls, d: dict) -> "BitLMConfig":
@@ -102,7 +124,7 @@ class BitLMConfig:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"keys unknown to BitLMConfig: {unknown}")
-        return cls(**d)
+        return cls(**{"pos": "learned", **d})     # v1 config.json files predate `pos`
 
 
 def byte_level_config(config: BitLMConfig) -> BitLMConfig:
@@ -138,19 +160,6 @@ class LossStats:
     n_bytes: torch.Tensor
 
 
-@dataclass
-class Generation:
-    """Result of `BitTransformerLM.generate`.
-
-    bits: the new bits only, 1-D uint8. probs: the model's P(bit=1) at each new position (before
-    temperature/top-k/top-p), float32. parity_set: parity bits set from their frame's data bits
-    instead of sampled. output: model_output_decompress(bits) when asked for, else None."""
-    bits: torch.Tensor
-    probs: torch.Tensor
-    parity_set: int
-    output: torch.Tensor | None = None
-
-
 def model_output_decompress(output_bits: torch.Tensor, max_bits: int = DEFAULT_MAX_BITS) -> torch.Tensor:
     """Decompress a bit stream the model produced (a codec stream, e.g. generated with stream_type=1).
 
@@ -161,128 +170,6 @@ def model_output_decompress(output_bits: torch.Tensor, max_bits: int = DEFAULT_M
     except CodecError as e:
         raise CodecError(f"the model's output is not a valid compressed stream ({e}); generate raw bits "
                          f"(decompress_output=False) or use a model trained to write codec streams") from e
-
-
-# ----------------------------------------------------------------------------------- modules
-
-class _KVCache:
-    """Keys and values of one attention layer over the slots processed so far (generation), in
-    buffers allocated once for `capacity` slots, so a step writes its slot instead of copying the
-    whole cache (torch.cat) again."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.n = capacity, 0
-        self.k: torch.Tensor | None = None      # (B, H, capacity, hd)
-        self.v: torch.Tensor | None = None
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (B, H, N, hd) keys and values; returns views of all keys and values so far."""
-        if self.k is None:
-            shape = (*k.shape[:2], self.capacity, k.size(3))
-            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-        end = self.n + k.size(2)
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} slots > capacity {self.capacity}")
-        self.k[:, :, self.n:end], self.v[:, :, self.n:end] = k, v
-        self.n = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-class _AttentionProbe:
-    """Collects per-layer attention entropy (and, if asked, the maps) during a forward, for the
-    batch rows `rows`, beside scaled_dot_product_attention, so outputs are the same with or without it.
-
-    Without maps on CPU the entropy costs one fused attention pass: row i's entropy is
-    lse_i - Σ_j a_ij s_ij, and Σ_j a_ij s_ij = scale · q_i · (Σ_j a_ij k_j), attention with V = K;
-    torch's CPU flash kernel returns lse beside it. Otherwise the maps are built explicitly."""
-
-    def __init__(self, rows: slice, keep_maps: bool, query_mask: torch.Tensor | None) -> None:
-        self.rows, self.keep_maps = rows, keep_maps
-        self.query_mask = None if query_mask is None else query_mask[rows]
-        self.entropy: list[torch.Tensor] = []
-        self.maps: list[torch.Tensor] = []
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> None:
-        q, k = q[self.rows].detach(), k[self.rows].detach()
-        b, H, n, hd = q.shape
-        scale = 1.0 / math.sqrt(hd)
-        if not self.keep_maps and q.device.type == "cpu":
-            y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, 0.0, True, scale=scale)[:2]
-            ent = (lse - scale * (q * y).sum(-1)) / LN2                                # (b, H, n) bits
-            self.entropy.append(mean_over_queries(ent, self.query_mask))
-            return
-        # a finite mask: masked keys get exactly 0 weight and 0·log 0 stays 0
-        bias = torch.full((n, n), -1e30, device=q.device).triu(1)
-        scores = torch.baddbmm(bias, q.reshape(b * H, n, hd), k.reshape(b * H, n, hd).transpose(1, 2), alpha=scale)
-        att = scores.softmax(dim=-1).view(b, H, n, n)
-        self.entropy.append(attention_entropy(att, self.query_mask)[0])
-        if self.keep_maps:
-            self.maps.append(att)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
-        super().__init__()
-        self.n_head, self.dropout = n_head, dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
-        self.c_proj = nn.Linear(n_embd, n_embd)
-        self.resid_drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, cache: _KVCache | None = None, probe: _AttentionProbe | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, N, hd)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        nq, nk = q.size(2), k.size(2)
-        if nq == nk:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-            if probe is not None:
-                probe(q, k)
-        else:   # new slots after cached ones: each sees every cached slot and the new ones before it
-            mask = torch.ones(nq, nk, dtype=torch.bool, device=x.device).tril(nk - nq)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, N, C)
-        return self.resid_drop(self.c_proj(y))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, cache: _KVCache | None = None, probe: _AttentionProbe | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, probe)
-        return x + self.mlp(self.ln_2(x))
-
-
-def _bit_conditionals(lp: torch.Tensor, p: int) -> torch.Tensor:
-    """Per-bit conditionals of pattern log-probs lp (..., 2^p), patterns indexed MSB-first.
-
-    Returns (..., 2^p - 1, 2): row 2^i - 1 + v holds log P(b_i = 0/1 | b_<i = prefix v), for every
-    depth i < p and prefix value v. A prefix is a contiguous block of patterns, so one logsumexp
-    tree (bottom-up over pairs) gives all of them in O(2^p)."""
-    levels = []
-    level = lp                                                      # log P(prefix of length i+1)
-    for i in reversed(range(p)):
-        pairs = level.unflatten(-1, (2 ** i, 2))                    # (..., 2^i, 2)
-        parent = torch.logaddexp(pairs[..., 0], pairs[..., 1])      # (..., 2^i)
-        levels.append(pairs - parent.unsqueeze(-1))
-        level = parent
-    return torch.cat(levels[::-1], dim=-2)
-
-
-def _gather_bits(cond: torch.Tensor, patterns: torch.Tensor, p: int) -> torch.Tensor:
-    """(..., 2^p - 1, 2) conditionals and (...) patterns -> (..., p, 2) log-probs of each bit given
-    the pattern's own earlier bits."""
-    i = torch.arange(p, device=patterns.device)
-    node = (1 << i) - 1 + (patterns.unsqueeze(-1) >> (p - i))        # (..., p)
-    return cond.gather(-2, node.unsqueeze(-1).expand(*node.shape, 2))
 
 
 class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", tags=["bit-level", "language-model"]):
@@ -303,7 +190,12 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         self.register_buffer("bit_weights", 2 ** torch.arange(p - 1, -1, -1), persistent=False)   # MSB first
         self.patch_emb = nn.Embedding(2 ** p, c.n_embd)
         self.stream_emb = nn.Embedding(c.n_stream_types, c.n_embd)
-        self.pos_emb = nn.Embedding(c.n_patches, c.n_embd)
+        if c.pos == "learned":
+            self.pos_emb = nn.Embedding(c.n_patches, c.n_embd)
+            self.slopes = None
+        else:
+            self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
+        self._bias_cache: dict = {}
         self.bos = nn.Parameter(torch.zeros(c.n_embd))
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout) for _ in range(c.n_layer))
@@ -347,7 +239,7 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
 
     @property
     def _device(self) -> torch.device:
-        return self.pos_emb.weight.device
+        return self.patch_emb.weight.device
 
     def _check_bits(self, bits: torch.Tensor) -> torch.Tensor:
         """(B, T) or (T,) 0/1 tensor -> (B, T) int64 on the model's device; ValueError otherwise."""
@@ -393,25 +285,50 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         x = self.patch_emb(prev)                                              # (B, m, C)
         if with_bos:
             x = torch.cat([self.bos.expand(x.size(0), 1, -1), x], dim=1)
-        pos = torch.arange(start, start + x.size(1), device=x.device)
-        return self.drop(x + self.pos_emb(pos) + self.stream_emb(stream).unsqueeze(1))
+        x = x + self.stream_emb(stream).unsqueeze(1)
+        if self.config.pos == "learned":
+            x = x + self.pos_emb(torch.arange(start, start + x.size(1), device=x.device))
+        return self.drop(x)
 
-    def _run_global(self, x: torch.Tensor, caches: list[_KVCache] | None = None,
-                    probe: _AttentionProbe | None = None) -> torch.Tensor:
-        for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i], probe)
+    def _bias(self, n: int) -> torch.Tensor | None:
+        """(H, n, n) ALiBi + window bias of an n-slot forward from slot 0 (None: plain causal)."""
+        if self.slopes is None:
+            return None
+        key = (n, self.slopes.device)
+        if key not in self._bias_cache:
+            if len(self._bias_cache) > 8:
+                self._bias_cache.clear()
+            pos = torch.arange(n, device=self.slopes.device)
+            self._bias_cache[key] = attention_bias(pos, pos, self.slopes, self.config.window)
+        return self._bias_cache[key]
+
+    def _global(self, patterns: torch.Tensor, stream: torch.Tensor, probe: AttentionProbe | None = None) -> torch.Tensor:
+        """(B, n) patterns -> (B, n, C) states; slot j has seen patches < j only."""
+        x = self._embed(patterns[:, :-1], 0, stream, with_bos=True)
+        bias = self._bias(x.size(1))
+        for block in self.blocks:
+            x = block(x, bias, self.slopes, probe=probe)
         return self.ln_f(x)
 
-    def _global(self, patterns: torch.Tensor, stream: torch.Tensor, probe: _AttentionProbe | None = None) -> torch.Tensor:
-        """(B, n) patterns -> (B, n, C) states; slot j has seen patches < j only."""
-        return self._run_global(self._embed(patterns[:, :-1], 0, stream, with_bos=True), probe=probe)
+    def _global_step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """(B, m, C) inputs of the next m slots -> (B, m, C) states, attending to the cached slots
+        within the window; the new slots join the cache."""
+        q_pos, k_pos = cache.begin(x.size(1))
+        slopes = self.slopes if self.slopes is not None else torch.zeros(1, device=x.device)
+        bias = attention_bias(q_pos.to(x.device), k_pos.to(x.device), slopes, cache.window)
+        for i, block in enumerate(self.blocks):
+            x = block(x, bias, self.slopes, cache, i)
+        cache.commit()
+        return self.ln_f(x)
 
     # ------------------------------------------------------------------------------- local models
 
     def _pattern_logprobs(self, h: torch.Tensor, parity_rows: torch.Tensor) -> torch.Tensor:
         """Factorized local: (B, n, C) states -> (B, n, 2^p) pattern log-probs, wrong-parity patterns
-        penalised in parity-framed rows."""
-        logits = self.head(h)
+        penalised in parity-framed rows. The head runs in float32 even under bf16 autocast: bf16 logits
+        (3 significant digits) would blur the probabilities that the loss and the codec read."""
+        with torch.autocast(h.device.type, enabled=False):
+            logits = F.linear(h.float(), self.head.weight.float())
         if self.config.parity:
             logits = logits - self.parity_penalty * parity_rows.view(-1, 1, 1)
         return F.log_softmax(logits, dim=-1)
@@ -474,8 +391,8 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         if telemetry:
             slot_mask = None if mask is None else self._patches(mask.long())[0].any(-1)      # (B, n)
             first = 0 if mask is None else int(mask.any(1).nonzero()[0, 0])   # first row with real bits
-            probe = _AttentionProbe(slice(None) if return_attention else slice(first, first + 1),
-                                    return_attention, slot_mask)
+            probe = AttentionProbe(slice(None) if return_attention else slice(first, first + 1),
+                                    return_attention, slot_mask, self.config.window)
         h = self._global(patterns, stream, probe)
         logits = self._bit_logprobs(h, bp, patterns, parity_rows).flatten(1, 2)[:, :T]    # (B, T, 2)
         tel = None
@@ -581,73 +498,37 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
 
     # ------------------------------------------------------------------------------- generation
 
-    @torch.no_grad()
     def generate(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stream_type: int = 0,
                  decompress_output: bool = False, use_cache: bool = True) -> Generation:
         """Sample n_bits new bits after prompt_bits.
 
-        prompt_bits: 1-D 0/1 tensor (may be empty, may end mid-patch; a longer-than-context prompt
-        is cropped to its last whole patches). temperature: scales each bit's 2-way logits; 0 is
-        greedy. top_k: 1 is greedy, ≥ 2 keeps both bits. top_p: the more likely bit alone when its
-        probability is ≥ top_p, else both. seed: makes sampling reproducible. stream_type: 0 raw
-        bits (parity bits are then set from their frame's 8 data bits, never sampled), 1 codec stream.
+        prompt_bits: 1-D 0/1 tensor (may be empty, may end mid-patch, may be longer than the window:
+        it is read in full). temperature: scales each bit's 2-way logits; 0 is greedy. top_k: 1 is
+        greedy, ≥ 2 keeps both bits. top_p: the more likely bit alone when its probability is ≥ top_p,
+        else both. seed: makes sampling reproducible. stream_type: 0 raw bits (parity bits are then
+        set from their frame's 8 data bits, never sampled), 1 codec stream.
         decompress_output: run model_output_decompress on the new bits into `.output`.
-        use_cache: a key/value cache in the global transformer, one global step per completed patch
-        (False recomputes the full forward for every bit; same results, for reference/benchmarks).
-        When the context would exceed block_size it restarts from its last 3/4 of whole patches.
+        use_cache: one cached global step per completed patch (False recomputes the full forward for
+        every bit; same results, for reference/benchmarks).
         Returns a Generation. Raises ValueError for bad arguments, CodecError when decompress_output
         and the new bits are not a valid stream."""
-        if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits < 0:
-            raise ValueError(f"n_bits must be an int ≥ 0, got {n_bits!r}")
-        if not isinstance(temperature, (int, float)) or not temperature >= 0 or math.isinf(temperature):
-            raise ValueError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int ≥ 1, got {top_k!r}")
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
-        if not isinstance(stream_type, int) or isinstance(stream_type, bool):
-            raise ValueError(f"stream_type must be an int, got {stream_type!r}")
-        if not isinstance(prompt_bits, torch.Tensor):
-            raise ValueError(f"prompt_bits must be a 1-D torch.Tensor of 0/1, got {type(prompt_bits).__name__}")
-        if prompt_bits.dim() == 2 and prompt_bits.size(0) == 1:
-            prompt_bits = prompt_bits[0]
-        if prompt_bits.dim() != 1:
-            raise ValueError(f"prompt_bits must be 1-D, got shape {tuple(prompt_bits.shape)}")
-        if prompt_bits.is_floating_point() or not ((prompt_bits == 0) | (prompt_bits == 1)).all():
-            raise ValueError("prompt_bits must hold only the values 0 and 1 (bool or integer dtype)")
-        stream = self._stream_ids(stream_type, 1)
-        set_parity = self.config.parity and stream_type == 0
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        seq = prompt_bits.long().tolist()
-        decoder = _BitDecoder(self, stream, use_cache)
-        p = self.config.patch_size
-        new, probs, parity_set = [], [], 0
-        was_training = self.training
-        self.eval()
-        try:
-            for _ in range(n_bits):
-                lp0, lp1 = decoder.next_logprobs(seq)
-                t = len(seq)
-                if set_parity and t % p == PARITY_OFFSET:
-                    bit = int(parity_of(torch.tensor(seq[t - PARITY_OFFSET:t])))
-                    parity_set += 1
-                else:
-                    bit = _sample_bit(lp0, lp1, temperature, top_k, top_p, gen)
-                seq.append(bit)
-                new.append(bit)
-                probs.append(math.exp(lp1))
-        finally:
-            self.train(was_training)
-        bits = torch.tensor(new, dtype=torch.uint8)
-        output = model_output_decompress(bits) if decompress_output else None
-        return Generation(bits=bits, probs=torch.tensor(probs, dtype=torch.float32), parity_set=parity_set, output=output)
+        *_, result = generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type, use_cache)
+        if decompress_output:
+            result.output = model_output_decompress(result.bits)
+        return result
 
-    def bit_decoder(self, stream_type: int = 0, lanes: int = 1) -> "_BitDecoder":
+    def generate_stream(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                        stream_type: int = 0, chunk_bits: int = 72) -> Iterator[Generation]:
+        """`generate` as it goes: yields the cumulative Generation (new bits and probabilities so far)
+        every chunk_bits new bits, the last yield complete (bit-identical to `generate` with the same
+        seed). Closing the iterator stops the generation. Raises ValueError for bad arguments (on
+        the first next())."""
+        return generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type,
+                               chunk_bits=chunk_bits)
+
+    def bit_decoder(self, stream_type: int = 0, lanes: int = 1) -> BitDecoder:
         """The KV-cached incremental next-bit predictor that `generate` uses, for callers that
         choose the bits themselves (e.g. an arithmetic coder: the same calls on the same bits give
         bit-identical probabilities at encode and decode time).
@@ -660,7 +541,7 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
             raise ValueError(f"stream_type must be an int, got {stream_type!r}")
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes must be an int ≥ 1, got {lanes!r}")
-        return _BitDecoder(self, self._stream_ids(stream_type, lanes), use_cache=True)
+        return BitDecoder(self, self._stream_ids(stream_type, lanes), use_cache=True)
 
     # ------------------------------------------------------------------------------- saving / loading
 
@@ -707,12 +588,14 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
                          strict: bool = True, **model_kwargs) -> "BitTransformerLM":
         if "config" not in model_kwargs:
             raise ValueError(f"{model_id}: no {constants.CONFIG_NAME} found; not a BitLM checkpoint")
-        if os.path.isdir(model_id):
-            model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
-        else:   # only the safetensors file: no fallback to pickled pytorch_model.bin
-            model_file = hf_hub_download(repo_id=model_id, filename=constants.SAFETENSORS_SINGLE_FILE, revision=revision,
-                                         cache_dir=cache_dir, force_download=force_download, token=token,
-                                         local_files_only=local_files_only)
+        def file(name: str) -> str:     # only these two files: no fallback to a pickled pytorch_model.bin
+            if os.path.isdir(model_id):
+                return os.path.join(model_id, name)
+            return hf_hub_download(repo_id=model_id, filename=name, revision=revision, cache_dir=cache_dir,
+                                   force_download=force_download, token=token, local_files_only=local_files_only)
+        model_file = file(constants.SAFETENSORS_SINGLE_FILE)
+        # the mixin builds the config without BitLMConfig.from_dict, which reads v1 files (no `pos`) right
+        model_kwargs["config"] = read_config(file(constants.CONFIG_NAME))
         model = cls(**model_kwargs)
         try:
             load_model(model, model_file, strict=strict, device=map_location)
@@ -733,89 +616,3 @@ def read_config(path: str | Path) -> BitLMConfig:
         return BitLMConfig.from_dict(data)
     except (UnicodeDecodeError, ValueError, TypeError) as e:
         raise ValueError(f"{path} is not a BitLM config.json: {e}") from e
-
-
-def _sample_bit(lp0: float, lp1: float, temperature: float, top_k: int | None, top_p: float | None,
-                gen: torch.Generator) -> int:
-    """Sample a bit from its 2-way log-probs. top_k ≥ 2 keeps both bits; top_p keeps the likelier
-    bit alone once its probability reaches top_p (the smallest set with that much mass)."""
-    if temperature == 0 or top_k == 1:
-        return int(lp1 > lp0)
-    d = max(min((lp1 - lp0) / temperature, 700.0), -700.0)
-    q1 = 1.0 / (1.0 + math.exp(-d))
-    if top_p is not None and max(q1, 1.0 - q1) >= top_p:
-        return int(q1 > 0.5)
-    return int(torch.rand(1, generator=gen).item() < q1)
-
-
-class _BitDecoder:
-    """Next-bit log-probs of B growing bit sequences ("lanes", stepped together) for generation
-    and the neural codec.
-
-    The context window starts at a patch boundary (`start`); when the current patch's slot would
-    pass the last position embedding, the window restarts from its last 3/4 of whole patches. With
-    the cache, the global transformer runs once per completed patch (a prefill after each restart);
-    the factorized local model then reads all of the patch's bit conditionals from one table, the
-    transformer local model reruns over the ≤ p bits seen so far in the patch. Without the cache,
-    every bit recomputes the full forward over the window (the reference the cache must match).
-    Lanes never see each other: they only share the batched matrix products of each step."""
-
-    def __init__(self, model: BitTransformerLM, stream: torch.Tensor, use_cache: bool) -> None:
-        self.m, self.stream, self.use_cache = model, stream, use_cache     # stream: (B,)
-        self.p, self.n_slots = model.config.patch_size, model.config.n_patches
-        self.keep = 3 * self.n_slots // 4
-        self.parity_rows = (stream == 0) & model.config.parity
-        self.start = 0
-        self.caches: list[_KVCache] | None = None
-        self.slot = -1                       # window slot whose state is held
-        self.h: torch.Tensor | None = None   # (B, 1, C) that slot's global state
-        self.table: np.ndarray | None = None
-
-    def _patterns(self, seqs: list[list[int]], lo: int, hi: int) -> torch.Tensor:
-        b = torch.tensor([seq[lo:hi] for seq in seqs], dtype=torch.long, device=self.m._device)
-        return (b.view(len(seqs), -1, self.p) * self.m.bit_weights).sum(-1)  # (B, m)
-
-    def _advance(self, seqs: list[list[int]], j: int, w: int) -> None:
-        """Bring the cached global state to window slot w (patch j)."""
-        p = self.p
-        if self.caches is None or self.slot > w:
-            self.caches = [_KVCache(self.n_slots) for _ in self.m.blocks]
-            x = self.m._embed(self._patterns(seqs, self.start * p, j * p), 0, self.stream, with_bos=True)
-        else:
-            x = self.m._embed(self._patterns(seqs, (j - 1) * p, j * p), w, self.stream, with_bos=False)
-        self.h = self.m._run_global(x, self.caches)[:, -1:]
-        self.slot = w
-        if self.m.config.local == "factorized":
-            lp = self.m._pattern_logprobs(self.h, self.parity_rows)[:, 0]    # (B, 2^p)
-            self.table = _bit_conditionals(lp, p).cpu().numpy()             # (B, 2^p - 1, 2); few rows get read
-
-    def next_logprobs(self, seq: list[int]) -> tuple[float, float]:
-        """(log P(0), log P(1)) of the bit after seq (a decoder of one lane)."""
-        return self.next_logprobs_lanes([seq])[0]
-
-    def next_logprobs_lanes(self, seqs: list[list[int]]) -> list[tuple[float, float]]:
-        """(log P(0), log P(1)) of the bit after each lane's sequence; all have the same length."""
-        p, t = self.p, len(seqs[0])
-        j, off = divmod(t, p)
-        if j - self.start >= self.n_slots:
-            self.start, self.caches = j - self.keep, None
-        w = j - self.start
-        if not self.use_cache:
-            window = torch.tensor([seq[self.start * p:] + [0] for seq in seqs], device=self.m._device)
-            logits, _ = self.m._forward(window, self.stream, telemetry=False, return_attention=False)
-            return [tuple(row) for row in logits[:, -1].tolist()]
-        if self.caches is None or self.slot != w:
-            self._advance(seqs, j, w)
-        if self.m.config.local == "factorized":
-            row = (1 << off) - 1
-            return [tuple(table[row + _prefix_value(seq, j * p, t)].tolist()) for table, seq in zip(self.table, seqs)]
-        bp = torch.tensor([seq[j * p:t] + [0] for seq in seqs], device=self.m._device).view(len(seqs), 1, -1)
-        return [tuple(row) for row in self.m._local_logprobs(self.h, bp, self.parity_rows)[:, 0, off].tolist()]
-
-
-def _prefix_value(seq: list[int], lo: int, hi: int) -> int:
-    """The bits seq[lo:hi] as an MSB-first integer (0 for none)."""
-    v = 0
-    for bit in seq[lo:hi]:
-        v = 2 * v + bit
-    return v

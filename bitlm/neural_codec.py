@@ -13,8 +13,9 @@ min(16, n // 256) contiguous lanes of whole patches (1 for short inputs), each p
 own context only, and the predictor steps all lanes at once in one batched forward. Lanes cost a
 cold start each (a few bits per lane start) and divide the number of sequential steps, which is
 what bounds the speed, by the lane count on both sides. P(1) is rounded to a 1/2^16 grid, clamped
-to [1, 2^16 - 1], before coding. Within a lane the predictor restarts its context from its last
-3/4 of whole patches when it reaches block_size, at the same bit on both sides. Parity bits of
+to [1, 2^16 - 1], before coding. Within a lane the predictor's window slides, one cached step per
+patch (a v1 checkpoint with learned positions restarts its context from its last 3/4 of whole
+patches at the end of its block instead, at the same bit on both sides). Parity bits of
 parity-framed bytes are not coded: the decoder sets them from their 8 data bits.
 
 Stream layout (big-endian), HEADER_BYTES = 24: magic b"\\xb7N" | version (1, = 2) | kind (1: bits 0,

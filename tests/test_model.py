@@ -22,6 +22,8 @@ VARIANTS = {
     "p1": dict(patch_size=1, parity=False, block_size=40),
     "p9-local": dict(patch_size=9, parity=True, block_size=72, local="transformer"),
     "p3-local": dict(patch_size=3, parity=False, block_size=42, local="transformer"),
+    "p9-learned": dict(patch_size=9, parity=True, block_size=72, pos="learned"),
+    "p9-window": dict(patch_size=9, parity=True, block_size=72, attn_window=4),
 }
 
 
@@ -50,6 +52,7 @@ def bit_ce(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("bad", [
     dict(patch_size=0), dict(patch_size=13), dict(patch_size=8, parity=True), dict(block_size=100),
     dict(n_embd=30, n_head=4), dict(dropout=1.0), dict(local="megabyte"), dict(n_layer=2.5),
+    dict(pos="rope"), dict(attn_window=-1), dict(attn_window=257), dict(pos="learned", attn_window=8),
     dict(parity="yes"), dict(local="transformer", local_embd=18, n_head=4), dict(n_stream_types=0),
 ])
 def test_config_rejects_bad_values(bad):
@@ -263,6 +266,8 @@ CASES = [
     ("p1", dict(), 90),
     ("p9-local", dict(), 120),
     ("p3-local", dict(temperature=0.8), 90),
+    ("p9-learned", dict(), 120),
+    ("p9-window", dict(temperature=0.9), 120),
 ]
 
 
@@ -278,6 +283,74 @@ def test_cached_generation_equals_full_recompute(name, kwargs, n):
     assert torch.equal(cached.bits, full.bits)
     torch.testing.assert_close(cached.probs, full.probs, rtol=0, atol=1e-5)
     assert cached.parity_set == full.parity_set
+
+
+@pytest.mark.parametrize("name", ["p9", "p9-window", "p9-local"])
+def test_rolling_cache_over_many_windows_equals_recompute(monkeypatch, name):
+    """A generation over more than three windows, with the cache rolling (and compacting every few
+    steps), gives the bits and probabilities of recomputing every step from the same visible context:
+    a full forward over the whole sequence, each slot seeing BOS and the window before it."""
+    from bitlm.layers import KVCache
+    monkeypatch.setattr(KVCache, "SLACK", 3)         # compact often, not only every 64 slots
+    model = make(name)
+    window = model.config.window
+    n = 9 * (3 * window + 7) + 4                     # > 3 windows of patches, ends mid-patch
+    prompt = text_to_bits("Hello")[:31]
+    cached = model.generate(prompt, n, temperature=0.9, seed=11)
+    full = model.generate(prompt, n, temperature=0.9, seed=11, use_cache=False)
+    assert torch.equal(cached.bits, full.bits)
+    torch.testing.assert_close(cached.probs, full.probs, rtol=0, atol=1e-5)
+    seq = torch.cat([prompt, cached.bits])[None]
+    logits, _ = model._forward(seq.long(), 0, telemetry=False, return_attention=False)   # longer than block_size
+    torch.testing.assert_close(cached.probs[:-1], logits[0, len(prompt):-1, 1].exp(), rtol=0, atol=1e-5)
+
+
+def test_sliding_generation_never_rereads(monkeypatch):
+    """Every new patch costs one cached global step at any length: the slots the global transformer
+    processes add up to the patches of prompt + output, once each (a v1 model re-reads 3/4 of its
+    window at every restart)."""
+    counts = {}
+    for name in ("p9", "p9-learned"):
+        model = make(name)
+        slots = []
+        step = model._global_step
+        monkeypatch.setattr(model, "_global_step", lambda x, cache, step=step: slots.append(x.size(1)) or step(x, cache))
+        prompt = text_to_bits("Hi")                           # 2 patches
+        model.generate(prompt, 9 * 40, seed=1)                # 40 more: five 8-slot windows
+        counts[name] = sum(slots)
+    assert counts["p9"] == 2 + 40                             # BOS slot + one per patch, none twice
+    assert counts["p9-learned"] > 60
+
+
+def test_sliding_window_sees_bos_and_the_last_window_slots():
+    """Slot i's prediction depends on BOS and slots i - window + 2..i only (patches of those slots'
+    inputs); changing an older patch changes nothing in the first layer's view, so with one layer the
+    prediction is unchanged."""
+    model = make("p9-window", n_layer=1)                      # window 4: BOS + 3 slots
+    a = framed(12, seed=1)
+    b = a.clone()
+    b[9 * 2:9 * 3] = framed(1, seed=5)                        # patch 2: input of slot 3
+    la, _ = model._forward(a[None].long(), 0, telemetry=False, return_attention=False)
+    lb, _ = model._forward(b[None].long(), 0, telemetry=False, return_attention=False)
+    same = slice(9 * 6, None)                                 # slots ≥ 6 no longer see slot 3
+    torch.testing.assert_close(la[0, same], lb[0, same], rtol=0, atol=1e-6)
+    assert not torch.allclose(la[0, 9 * 3:9 * 6], lb[0, 9 * 3:9 * 6])
+
+
+def test_generate_stream_yields_growing_prefixes_of_generate():
+    model = make("p9")
+    prompt = text_to_bits("Hey")
+    chunks = list(model.generate_stream(prompt, 100, temperature=0.8, seed=4, chunk_bits=27))
+    assert [c.bits.numel() for c in chunks] == [27, 54, 81, 100]
+    whole = model.generate(prompt, 100, temperature=0.8, seed=4)
+    for c in chunks:
+        assert torch.equal(c.bits, whole.bits[:c.bits.numel()]) and torch.equal(c.probs, whole.probs[:c.probs.numel()])
+    assert chunks[-1].parity_set == whole.parity_set
+    it = model.generate_stream(prompt, 10 ** 6, seed=4, chunk_bits=9)
+    assert next(it).bits.numel() == 9
+    it.close()                                                # stops: no million-bit loop left running
+    with pytest.raises(ValueError, match="chunk_bits"):
+        next(model.generate_stream(prompt, 10, chunk_bits=0))
 
 
 def test_cached_probs_equal_forward_on_the_generated_sequence():
@@ -349,6 +422,19 @@ def test_save_load_round_trip(tmp_path, name):
     assert loaded.config == model.config and not loaded.training
     assert torch.equal(loaded(bits, telemetry=False)[0], model(bits, telemetry=False)[0])
     assert json.loads((tmp_path / "config.json").read_text())["patch_size"] == model.config.patch_size
+
+
+def test_v1_checkpoints_load_with_learned_positions(tmp_path):
+    """A config.json written before `pos` existed is a learned-position (v1) model, and loads as one."""
+    v1 = make("p9-learned", seed=2)
+    v1.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["pos"], config["attn_window"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = BitTransformerLM.from_pretrained(tmp_path)
+    assert loaded.config.pos == "learned" and hasattr(loaded, "pos_emb")
+    bits = rand_bits(1, 50)
+    assert torch.equal(loaded(bits, telemetry=False)[0], v1(bits, telemetry=False)[0])
 
 
 def test_load_errors_are_clear(tmp_path):
