@@ -106,6 +106,61 @@ def evaluate_model(model: BitTransformerLM, data: str | bytes, batch_size: int =
             "n_bytes": int(totals["bytes"]), "n_bits": int(totals["bits"])}
 
 
+def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> dict:
+    """Bits per byte of `model` reading `data` as a stream, its attention window sliding over it: what
+    generation and the neural codec see (no window boundaries; every byte after the first window
+    has a full window of context).
+
+    Takes: a v2 model (sliding positions, factorized local model), text or bytes, and the number of
+    lanes: the data is cut into that many contiguous pieces of whole bytes, each read from its own
+    start (a cold start per lane, as in the codec), stepped together in batched chunks of one window.
+    Returns: `bits_per_byte` (the 8 data bits of every byte), `parity_loss` (bits per parity bit;
+    NaN without parity framing), `n_bytes`.
+    Raises: `ValueError` for empty data, a learned-position (v1) model, which cannot slide, or the
+    transformer local model."""
+    from bitlm.layers import KVCache, bit_conditionals, gather_bits
+
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if not raw:
+        raise ValueError("nothing to evaluate: the text is empty")
+    c = model.config
+    if c.pos == "learned" or c.local != "factorized":
+        raise ValueError("streaming evaluation needs a sliding-window model with the factorized local model; "
+                         "use evaluate_model (windows) for this one")
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes must be an int ≥ 1, got {lanes!r}")
+    frame, p = frame_bits(c.parity), c.patch_size
+    lanes = min(lanes, len(raw))
+    per_lane = -(-len(raw) // lanes)
+    pieces = [raw[i * per_lane:(i + 1) * per_lane] for i in range(lanes)]
+    real = torch.tensor([[j < len(piece) for j in range(per_lane)] for piece in pieces])           # (B, L) bytes
+    bits = bytes_to_bits(b"".join(piece.ljust(per_lane, b" ") for piece in pieces), parity=c.parity)
+    bp = bits.view(lanes, per_lane, frame).long()                                                  # (B, L, p)
+    patterns = (bp * model.bit_weights).sum(-1)                                                    # (B, L)
+    stream = torch.zeros(lanes, dtype=torch.long)
+    parity_rows = torch.full((lanes,), c.parity)
+    data_nll = parity_nll = 0.0
+    cache = KVCache(c.n_layer, c.window)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for lo in range(0, per_lane, c.window):
+                hi = min(lo + c.window, per_lane)                         # slots [lo, hi) predict patches lo..hi-1
+                x = model._embed(patterns[:, max(lo - 1, 0):hi - 1], lo, stream, with_bos=lo == 0)
+                h = model._global_step(x, cache)                          # (B, m, C)
+                lp = bit_conditionals(model._pattern_logprobs(h, parity_rows), p)
+                bit_lp = gather_bits(lp, patterns[:, lo:hi], p)           # (B, m, p, 2)
+                ce = -bit_lp.gather(-1, bp[:, lo:hi].unsqueeze(-1)).squeeze(-1) / math.log(2)     # (B, m, p)
+                ce = ce * real[:, lo:hi].unsqueeze(-1)
+                data_nll += ce[..., :8].sum().item()
+                parity_nll += ce[..., 8:].sum().item()
+    finally:
+        model.train(was_training)
+    return {"bits_per_byte": data_nll / len(raw), "parity_loss": parity_nll / len(raw) if c.parity else math.nan,
+            "n_bytes": len(raw)}
+
+
 def words(text: str) -> list[str]:
     """The alphabetic words of `text` (maximal runs of A-Z / a-z), case-folded, in order."""
     return [w.casefold() for w in WORD.findall(text)]

@@ -9,8 +9,8 @@ import torch
 
 from bitlm.bits import bytes_to_bits
 from bitlm.data import load_corpus
-from bitlm.evaluate import classic_bits_per_byte, evaluate_model, main
-from bitlm.model import BitTransformerLM
+from bitlm.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream, main
+from bitlm.model import BitLMConfig, BitTransformerLM
 from bitlm.train import PRESETS, save_checkpoint
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20 + "ünïcödé ✓"
@@ -127,3 +127,27 @@ def test_cli_prints_model_beside_compressors(tmp_path, capsys):
     assert f"{len((TEXT * 5).encode()):,} bytes" in capsys.readouterr().out
     main([str(plain), "--corpus", str(corpus_file), "--split", "all", "--stride", "72"])
     assert "sliding windows, stride 72 bits" in capsys.readouterr().out
+
+
+def test_streaming_evaluation_is_each_lanes_full_sliding_forward():
+    """evaluate_stream reads each lane as one stream through the rolling cache; the figure equals a full
+    forward over each lane (slots seeing BOS and their window), data bits only."""
+    torch.manual_seed(0)
+    model = BitTransformerLM(BitLMConfig(block_size=72, n_layer=2, n_head=2, n_embd=32, attn_window=4)).eval()
+    data = "ünïcode and ascii: streams slide past their window. " * 3
+    raw = data.encode()
+    r = evaluate_stream(model, raw, lanes=3)
+    per_lane = -(-len(raw) // 3)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(3):
+            bits = bytes_to_bits(raw[i * per_lane:(i + 1) * per_lane])
+            logits, _ = model._forward(bits[None].long(), 0, telemetry=False, return_attention=False)
+            ce = -logits[0].gather(-1, bits.long().unsqueeze(-1)).squeeze(-1) / math.log(2)
+            total += ce.view(-1, 9)[:, :8].sum().item()
+    assert r["n_bytes"] == len(raw)
+    assert r["bits_per_byte"] == pytest.approx(total / len(raw), rel=1e-5)
+    with pytest.raises(ValueError, match="cannot|sliding"):
+        evaluate_stream(BitTransformerLM(BitLMConfig(block_size=72, n_layer=1, n_head=2, n_embd=16, pos="learned")), raw)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_stream(model, b"")

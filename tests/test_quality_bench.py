@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from bench import quality, sample_quality
-from bitlm.bits import text_to_bits
-from bitlm.evaluate import vocabulary, word_share, words
+from bench import compressors, quality, sample_quality
+from bitlm.bits import bits_to_bytes, bytes_to_bits, text_to_bits
+from bitlm.data import load_corpus, split_corpus
+from bitlm.evaluate import evaluate_model, vocabulary, word_share, words
 from bitlm.model import BitLMConfig, BitTransformerLM, byte_level_config
 from bitlm.train import PRESETS
 
@@ -93,19 +94,90 @@ def tiny_checkpoint(tmp_path, one_thread):
 
 def test_quality_bench_end_to_end(tiny_checkpoint, capsys):
     model, corpus = tiny_checkpoint
-    rows = quality.main(["--model", model, "--corpus", corpus, "--minutes", "0.01", "--threads", "1"])
+    rows = quality.main(["--model", model, "--corpus", corpus, "--minutes", "0.01", "--threads", "1", "--seeds", "2"])
     out = capsys.readouterr().out
-    assert [r["name"].split(",")[0] for r in rows] == [
-        "shipped bit model", "shipped bit model", "bit model (p=9", "byte-level model (p=8",
-        "zlib -9", "bz2 -9", "lzma -9e"]
+    installed = [n for n in compressors.COMPRESSORS if n not in compressors.missing()]
+    assert [r["name"] for r in rows] == [
+        "shipped bit model, non-overlapping windows", "shipped bit model, sliding windows, stride 72 bits",
+        "shipped bit model, streaming (window slides, 16 lanes)",
+        "bit model (p=9, parity), 0.01 min, seed 1337", "bit model (p=9, parity), 0.01 min, seed 1338",
+        "bit model (p=9, parity), 0.01 min, mean of 2",
+        "byte-level model (p=8, 256-way), 0.01 min, seed 1337", "byte-level model (p=8, 256-way), 0.01 min, seed 1338",
+        "byte-level model (p=8, 256-way), 0.01 min, mean of 2", *installed]
     assert "preset tiny schedule" in out and "| bz2 -9 | — | — |" in out and "load average" in out
-    assert rows[2]["params"] - rows[3]["params"] == 256 * PRESETS["tiny"][0].n_embd
+    assert "same data (first batch digest" in out and "(half range)" in out
+    assert rows[3]["params"] - rows[6]["params"] == 256 * PRESETS["tiny"][0].n_embd
     assert all(r["bits_per_byte"] > 0 for r in rows)
+    assert all(math.isfinite(r["given_train"]) for r in rows if r["name"] in installed)   # repetitive text: ~0
     heldout = len(TEXT.encode()) - int(len(TEXT) * 0.9)
     assert f"{heldout:,} bytes" in out
 
     rows = quality.main(["--model", model, "--corpus", corpus, "--skip-equal-budget", "--max-bytes", "100"])
-    assert len(rows) == 5 and "× byte model is left out" not in capsys.readouterr().out
+    assert len(rows) == 3 + len(installed) and "× byte model is left out" not in capsys.readouterr().out
+
+
+def test_quality_bench_scores_the_whole_held_out_split(tiny_checkpoint, monkeypatch, capsys):
+    """The published figure is over every byte of the held-out split (the tail of every document),
+    nothing of the training split, nothing left out."""
+    model, corpus = tiny_checkpoint
+    docs = load_corpus(corpus)
+    heldout = b"".join(t.encode() for t in split_corpus(docs)[1])
+    scored = []
+    real = quality.evaluate_model
+    monkeypatch.setattr(quality, "evaluate_model", lambda m, data, **kw: scored.append(data) or real(m, data, **kw))
+    quality.main(["--model", model, "--corpus", corpus, "--skip-equal-budget"])
+    capsys.readouterr()
+    assert scored and all(d == heldout for d in scored)
+
+
+def test_bits_per_byte_leaves_the_parity_bits_out(one_thread):
+    """bits per byte sums the cross-entropy of the 8 data bits of every byte; the parity bit's loss is
+    reported apart. Shown on a model whose parity bits are NOT forced, so they cost real bits."""
+    torch.manual_seed(0)
+    model = BitTransformerLM(PRESETS["tiny"][0]).eval()
+    model.parity_penalty.zero_()                                    # parity bits now cost ~1 bit each
+    data = TEXT.encode()[:300]
+    r = evaluate_model(model, data, batch_size=4)
+    bits = bytes_to_bits(data)
+    window = model.config.block_size
+    total_data = total_parity = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(bits), window):
+            chunk = bits[lo:lo + window]
+            logits, _ = model(chunk, telemetry=False)
+            ce = -logits[0].gather(-1, chunk.long().unsqueeze(-1)).squeeze(-1) / math.log(2)
+            is_parity = torch.arange(len(chunk)) % 9 == 8
+            total_data += ce[~is_parity].sum().item()
+            total_parity += ce[is_parity].sum().item()
+    assert r["bits_per_byte"] == pytest.approx(total_data / len(data), rel=1e-4)
+    assert r["parity_loss"] == pytest.approx(total_parity / len(data), rel=1e-4) and r["parity_loss"] > 0.3
+
+
+def test_equal_budget_twins_get_the_same_data_threads_and_time(tmp_path, one_thread):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    runs = quality.equal_budget(PRESETS["tiny"][0], "tiny", 0.01, str(corpus), seeds=2, threads=1, jobs=1,
+                                max_bytes=200, batch_size=4)
+    for bit, byte in zip(runs["bit"], runs["byte"]):
+        assert quality.same_data(bit["digests"], byte["digests"])  # the same byte windows, batch after batch
+        assert (bit["threads"], bit["minutes"], bit["seed"]) == (byte["threads"], byte["minutes"], byte["seed"]) \
+            == (1, 0.01, bit["seed"])
+    assert not quality.same_data(runs["bit"][0]["digests"], runs["bit"][1]["digests"])   # digests tell data apart
+
+
+def test_trainer_validates_on_the_held_out_split(tmp_path, one_thread):
+    """Validation figures come from the tail of every document, never from the training split."""
+    from bitlm.train import Trainer, make_configs
+    (tmp_path / "a.txt").write_text("a" * 900 + "B" * 100)
+    (tmp_path / "b.txt").write_text("c" * 1800 + "D" * 200)
+    model_config, train_config = make_configs("tiny", steps=2, eval_every=0, eval_bytes=10 ** 6)
+    trainer = Trainer(model_config, train_config, corpus=str(tmp_path))
+    assert trainer.val_data == b"B" * 100 + b"D" * 200
+    windows = trainer.train_data.sample(64, model_config.block_size, torch.Generator().manual_seed(0))
+    assert set(bits_to_bytes(windows.flatten())) <= set(b"ac")
+    metrics = trainer.validate()
+    assert metrics["val_bits_per_byte"] == pytest.approx(evaluate_model(trainer.model, b"B" * 100 + b"D" * 200,
+                                                                        batch_size=train_config.batch_size)["bits_per_byte"])
 
 
 def test_quality_bench_needs_a_model_and_a_preset(tiny_checkpoint, tmp_path, capsys):
