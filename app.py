@@ -38,17 +38,10 @@ and the model can read them through the codec (**Enable Compression**) or, train
 RAW = dict(preprocess=False)
 
 
-class _AnyUpload(GradioRootModel):
-    root: FileData | Any  # a file, or anything else for the endpoint to refuse in its own words
-
-
-class UploadBox(gr.File):
-    """`gr.File` whose API value may be anything: a file goes through Gradio's upload checks as usual, and
-    a wrong value ('', a number, a server path) reaches the endpoint, which refuses it with a message."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.data_model = _AnyUpload
+class AnyUpload(GradioRootModel):
+    """What the upload box accepts over the API: a file goes through Gradio's upload checks as usual, and a
+    wrong value ('', a number, a server path) reaches the endpoint, which refuses it in its own words."""
+    root: FileData | Any
 
 
 def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small", run_root: str | Path = "runs",
@@ -95,7 +88,9 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 corpus = gr.Radio(list(CORPORA), value="pydoc", label="Corpus")
-                upload = UploadBox(file_types=[".txt"], elem_id="upload", label=f"Your .txt (UTF-8, ≤ {UPLOAD_MAX_BYTES // 2**20} MB)")
+                upload = gr.File(file_types=[".txt"], elem_id="upload",
+                                 label=f"Your .txt (UTF-8, ≤ {UPLOAD_MAX_BYTES // 2**20} MB)")
+                upload.data_model = AnyUpload
             with gr.Row():
                 preset = gr.Dropdown(list(PRESETS), value="small", label="Model size (preset)",
                                      info="tiny: seconds, small: minutes, base: hours on a CPU")

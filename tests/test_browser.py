@@ -1,17 +1,21 @@
 """The app in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium, never a downloaded one).
 
-Generate with "Enable Compression" and see the ratios, start a tiny training run and watch the loss chart
-draw, stop it, and draw the attention heatmap. Screenshots go to test-output/; with BITLM_SCREENSHOT=1 the
-app loads the shipped model from assets/ and the Generate tab's screenshot is also saved as
-assets/screenshot.png (the README's picture).
+Generate with "Enable Compression" (streamed, and stopped mid-way), train and watch the loss chart draw,
+draw the attention heatmap; two visitors in two browser contexts sharing the one trainer; every refusal
+of Start staying on screen; and a fresh clone launched as the README says training on Shakespeare.
+Screenshots go to test-output/; with BITLM_SCREENSHOT=1 the app loads the shipped model from assets/ and
+the Generate tab's screenshot is also saved as assets/screenshot.png (the README's picture).
 """
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import launch_app
+from conftest import free_port, launch_app, serving, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,30 +32,77 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 @pytest.fixture(scope="module")
-def app_page(app_url, tmp_path_factory):
-    url = app_url
-    blocks = None
-    if os.environ.get("BITLM_SCREENSHOT") == "1":
-        # As `python app.py` runs it: the shipped model, else the small fallback (the path as the README shows it).
-        blocks, url = launch_app(os.path.relpath(ROOT / "assets"), tmp_path_factory.mktemp("runs"), "small")
+def app_url(tmp_path_factory):
+    """The app with the untrained `small` fallback (slow enough to watch a generation stream), or with
+    BITLM_SCREENSHOT=1 the shipped model as `python app.py` runs it."""
+    model_dir = os.path.relpath(ROOT / "assets") if os.environ.get("BITLM_SCREENSHOT") == "1" \
+        else tmp_path_factory.mktemp("no-model")
+    blocks, url = launch_app(model_dir, tmp_path_factory.mktemp("runs"), "small")
+    yield url
+    blocks.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
     OUT.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(30_000)
-        page.goto(url)
-        yield page
+        yield browser
         browser.close()
-    if blocks is not None:
-        blocks.close()
+
+
+def visit(browser, url: str):
+    """A new visitor: a browser context of its own (its own Gradio session) with the app open."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.locator("#model-info").wait_for()
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = visit(browser, app_url)
+    yield page
+    page.context.close()
 
 
 def number(page, elem_id: str) -> float:
     return float(page.locator(f"#{elem_id} input").input_value())
 
 
-def test_generate_with_compression(app_page):
-    page = app_page
+def text_of(page, elem_id: str) -> str:
+    """The text a Markdown component shows (without the progress timer drawn over it while an event runs)."""
+    prose = page.locator(f"#{elem_id} .prose")
+    return prose.first.inner_text() if prose.count() else ""
+
+
+def generate(page, n_bytes: int = 24, seed: int = 5) -> str:
+    """Generate on this page and return the output bits."""
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Bytes to generate").first.fill(str(n_bytes))
+    page.get_by_label("Seed").fill(str(seed))
+    page.locator("#generate-btn").click()
+    page.locator("#gen-status").get_by_text("Generated").wait_for(timeout=60_000)
+    return page.locator("#out-bits textarea").input_value()
+
+
+def train(page, steps: int, preset: str = "tiny", corpus: str | None = None) -> str:
+    """Fill in the Train tab, press Start, and return the message Start left."""
+    page.get_by_role("tab", name="Train").click()
+    if corpus:
+        page.get_by_text(corpus, exact=True).click()
+    page.get_by_label("Model size (preset)").click()
+    page.get_by_role("option", name=preset).click()
+    page.get_by_label("Steps", exact=False).fill(str(steps))
+    before = text_of(page, "train-message")
+    page.locator("#train-start").click()
+    wait_until(lambda: text_of(page, "train-message") not in ("", before), 60, what="Start's message")
+    return text_of(page, "train-message")
+
+
+def test_generate_with_compression(page):
     page.get_by_role("tab", name="Generate").click()
     box = page.locator("#enable-compression input[type=checkbox]")
     box.check()
@@ -65,29 +116,151 @@ def test_generate_with_compression(app_page):
         shutil.copyfile(OUT / "generate.png", ROOT / "assets" / "screenshot.png")
 
 
-def test_training_draws_the_loss_chart_and_stops(app_page):
-    page = app_page
-    page.get_by_role("tab", name="Train").click()
-    page.get_by_label("Model size (preset)").click()
-    page.get_by_role("option", name="tiny").click()
-    page.get_by_label("Steps", exact=False).fill("5000")
-    page.locator("#train-start").click()
+def test_generation_streams_and_stops(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Bytes to generate").first.fill("2000")
+    page.locator("#generate-btn").click()
+    page.locator("#gen-status").get_by_text("Generating…").wait_for()
+    first = len(page.locator("#out-bits textarea").input_value().split())
+    wait_until(lambda: len(page.locator("#out-bits textarea").input_value().split()) > first, 30,
+               what="more bits to stream in")
+    page.screenshot(path=str(OUT / "generate-streaming.png"), full_page=True)
+    page.locator("#generate-stop").click()
+    page.locator("#gen-status").get_by_text("Stopped").wait_for()
+    shown = len(page.locator("#out-bits textarea").input_value().split())
+    time.sleep(2)
+    assert len(page.locator("#out-bits textarea").input_value().split()) == shown < 2000  # it stopped
+    assert "Stopped" in text_of(page, "gen-status")
+
+
+def test_training_draws_the_loss_chart_and_stops(page):
+    assert train(page, 5000).startswith("✓ Training started")
     page.locator("#train-status").get_by_text("Training…").wait_for()
-    points = page.locator("#loss-plot .scatterlayer .point")
     page.wait_for_function(
         "() => document.querySelectorAll('#loss-plot .scatterlayer .trace:first-child .point').length >= 2",
         timeout=90_000)
-    assert points.count() >= 2
     page.screenshot(path=str(OUT / "train-running.png"), full_page=True)
     page.locator("#train-stop").click()
     page.locator("#train-status").get_by_text("Training stopped").wait_for(timeout=60_000)
     page.screenshot(path=str(OUT / "train-stopped.png"), full_page=True)
 
 
-def test_telemetry_heatmap(app_page):
-    page = app_page
+def test_telemetry_heatmap(page):
     page.get_by_role("tab", name="Telemetry").click()
+    page.get_by_text("text below", exact=True).click()
+    page.get_by_label("Text (≤", exact=False).fill("x" * 120)
     page.locator("#telemetry-btn").click()
     page.locator("#tel-status").get_by_text("Telemetry with").wait_for()
     page.locator("#heatmap .heatmaplayer").wait_for()
     page.screenshot(path=str(OUT / "telemetry.png"), full_page=True)
+
+
+def test_two_visitors_share_the_trainer_not_their_models(browser, app_url):
+    a, b = visit(browser, app_url), visit(browser, app_url)
+    shipped_line = text_of(b, "model-info")
+    a_bits, b_bits = generate(a), generate(b)
+    assert a_bits == b_bits  # the same shipped model, the same seed
+
+    assert train(a, 20_000).startswith("✓ Training started")
+    a.locator("#train-status").get_by_text("Training…").wait_for()
+    busy = train(b, 10)
+    assert "busy with another visitor's run" in busy and "left" in busy, busy
+    time.sleep(3)
+    assert text_of(b, "train-message") == busy  # still there 3 s later
+    b.screenshot(path=str(OUT / "visitor-b-busy.png"), full_page=True)
+    b.locator("#train-stop").click()
+    b.locator("#train-message").get_by_text("no training run in progress").wait_for()
+    time.sleep(2)
+    assert "Training…" in text_of(a, "train-status")  # B's Stop did not stop A's run
+
+    a.locator("#train-stop").click()
+    a.locator("#train-status").get_by_text("Training stopped").wait_for(timeout=60_000)
+    a.locator("#use-trained").click()
+    a.locator("#model-info").get_by_text("your trained model").wait_for()
+    assert generate(a) != a_bits  # A's generations now come from A's model
+    assert text_of(b, "model-info") == shipped_line and generate(b) == b_bits  # B's do not
+    a.screenshot(path=str(OUT / "visitor-a-trained.png"), full_page=True)
+
+    assert train(b, 30).startswith("✓ Training started")  # the trainer is free: B's turn
+    b.locator("#train-status").get_by_text("Training finished").wait_for(timeout=120_000)
+    for _ in range(2):  # back and forth
+        b.locator("#use-trained").click()
+        b.locator("#model-info").get_by_text("your trained model").wait_for()
+        assert generate(b) != b_bits
+        b.locator("#use-shipped").click()
+        wait_until(lambda: text_of(b, "model-info") == shipped_line, 30, what="B's shipped model line")
+        assert generate(b) == b_bits
+
+    assert train(a, 20_000).startswith("✓ Training started")
+    a.context.close()  # A closes the page: A's run ends
+    wait_until(lambda: train(b, 10).startswith("✓ Training started"), 60, interval=2,
+               what="the trainer to be free after A left")
+    b.locator("#train-stop").click()
+    b.context.close()
+
+
+def test_every_start_refusal_stays_on_screen(page, tmp_path, monkeypatch):
+    from bitlm import data
+    monkeypatch.setattr(data, "SHAKESPEARE_ARCHIVE", tmp_path / "missing.tar.xz")
+    monkeypatch.setitem(sys.modules, "shksprdata", None)  # the corpus is missing
+    binary, short = tmp_path / "binary.txt", tmp_path / "short.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    short.write_bytes(b"abcdef")
+    refusals = [  # (corpus, upload, steps, what the message says)
+        ("shakespeare", None, 10, "shakespeare corpus needs"),
+        ("pydoc", None, 0, "number of steps"),
+        ("pydoc", None, -5, "number of steps"),
+        ("pydoc", None, "1e9", "number of steps"),
+        ("pydoc", None, "", "number of steps must be a number"),
+        ("uploaded .txt", None, 10, "No file uploaded"),
+        ("uploaded .txt", binary, 10, "binary"),
+        ("uploaded .txt", short, 10, "too short for the tiny model"),
+    ]
+    page.get_by_role("tab", name="Train").click()
+    previous = ""
+    for i, (corpus, upload, steps, fragment) in enumerate(refusals):
+        if upload is not None:
+            with page.expect_file_chooser() as chooser:
+                page.locator("#upload button").first.click()
+            chooser.value.set_files(str(upload))
+            page.locator("#upload").get_by_text(upload.name).wait_for()
+        message = train(page, steps, corpus=corpus)
+        assert message.startswith("⚠️") and fragment in message and message != previous, message
+        time.sleep(3)
+        assert text_of(page, "train-message") == message, f"the refusal did not stay: {message}"
+        page.screenshot(path=str(OUT / f"start-refusal-{i}.png"), full_page=True)
+        if upload is not None:
+            page.locator("#upload button[aria-label='Clear']").click()
+        previous = message
+    page.locator("#train-stop").click()  # the next action replaces it
+    page.locator("#train-message").get_by_text("no training run in progress").wait_for()
+
+
+def test_fresh_clone_trains_on_shakespeare(browser, tmp_path):
+    """`git clone`, then the README's launch command's last step (`python app.py`) with the packages that
+    requirements.txt installs, and so without the `shksprdata` package: Shakespeare still trains."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    no_package = tmp_path / "no-shksprdata"
+    (no_package / "shksprdata").mkdir(parents=True)
+    (no_package / "shksprdata" / "__init__.py").write_text("raise ImportError('not installed by requirements.txt')\n")
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "PYTHONPATH": str(no_package)}
+    log = (tmp_path / "app.log").open("w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: proc.poll() is not None or serving(url), 120, what="the clone's app to serve")
+        assert proc.poll() is None, (tmp_path / "app.log").read_text()
+        page = visit(browser, url)
+        message = train(page, 50, preset="small", corpus="shakespeare")
+        assert message.startswith("✓ Training started: small model on shakespeare"), message
+        page.locator("#train-status").get_by_text("Training…").wait_for()
+        page.screenshot(path=str(OUT / "fresh-clone-shakespeare.png"), full_page=True)
+        page.locator("#train-stop").click()
+        page.context.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
