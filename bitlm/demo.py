@@ -149,7 +149,14 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                                    chunk_bits=chunk_bytes * frame)
     gen = None
     try:
-        for gen in stream:
+        while True:
+            # Grad mode is per thread and Gradio may resume this stream on another of its threads: set it
+            # around every step, not once around the loop.
+            with torch.no_grad():
+                step = next(stream, None)
+            if step is None:
+                break
+            gen = step
             done = max(gen.bits.numel() - skip, 0) // frame
             if done < n_bytes:
                 text = decode_bits(gen.bits[skip:skip + done * frame], parity=parity).text

@@ -1,5 +1,6 @@
 """bitlm.demo: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
 import json
+import threading
 
 import pytest
 import torch
@@ -94,6 +95,22 @@ def test_closing_a_stream_stops_the_generation(tiny_model, monkeypatch):
     next(stream)
     stream.close()
     assert len(made) == 1 and made[0] < demo.GEN_MAX_BYTES * 9
+
+
+def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
+    """Gradio may run each step of a streamed generation on another worker thread (grad mode is per thread)."""
+    stream = demo.generate(tiny_model, "Hello", "text", 40, 0.8, 5, False)
+    results = []
+    while True:
+        box = []
+        worker = threading.Thread(target=lambda: box.append(next(stream, None)))
+        worker.start()
+        worker.join()
+        if box[0] is None:
+            break
+        results.append(box[0])
+    assert len(results) >= 2 and results[-1].status.startswith(("✓", "⚠️ Generated")), results[-1].status
+    assert results[-1].bits == gen(tiny_model, n_bytes=40, temperature=0.8, seed=5).bits
 
 
 @pytest.mark.parametrize("seed", [0, demo.SEED_MAX, str(demo.SEED_MAX), float(demo.SEED_MAX)])
