@@ -31,14 +31,17 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from bench import compressors  # noqa: E402
 from bitlm.bits import bits_to_bytes  # noqa: E402
 from bitlm.data import Corpus, load_corpus, split_corpus  # noqa: E402
@@ -57,8 +60,18 @@ def machine_line() -> str:
 
 
 def load_model_arg(ap: argparse.ArgumentParser, model: str) -> tuple[Path, BitTransformerLM]:
-    """The checkpoint a benchmark's --model names (a save_pretrained folder, or a run folder's best/,
-    else last/) and its model; a missing one ends the benchmark through `ap.error` with what to do."""
+    """The checkpoint a benchmark's --model (or --baseline) names and its model: a save_pretrained
+    folder, a run folder's best/ (else last/), or `git:REV`, the model shipped in assets/ at commit REV
+    of this repository (e.g. the previous model, to compare with). A missing one ends the benchmark
+    through `ap.error` with what to do."""
+    if model.startswith("git:"):
+        rev, folder = model[4:], Path(tempfile.mkdtemp(prefix="bitlm-"))
+        for name in ("config.json", "model.safetensors"):
+            shown = subprocess.run(["git", "show", f"{rev}:assets/{name}"], cwd=ROOT, capture_output=True)
+            if shown.returncode:
+                ap.error(f"{model}: git cannot show assets/{name} at {rev!r} ({shown.stderr.decode().strip()})")
+            (folder / name).write_bytes(shown.stdout)
+        return Path(model), BitTransformerLM.from_pretrained(folder)
     try:
         checkpoint = find_checkpoint(model, names=("best", "last"))
     except FileNotFoundError as e:

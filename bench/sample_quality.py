@@ -7,9 +7,13 @@ seeds (prompt i uses --seed + i), then reports per generation and overall:
     counted. The baseline is the same share for the held-out split (real text the model never saw);
   * whether it passes STRICT decoding (`bits_to_text(..., errors="strict")`: every parity bit right,
     valid UTF-8, whole frames), with the first error when it does not.
-Prints one table and the start of the first sample.
+Prints one table and the start of the first sample. With --baseline (another checkpoint, e.g.
+`git:REV` for the model shipped at commit REV) the same prompts and seeds run on both models, the
+two in turn for each prompt so that load hits both alike, and a last table sets their word shares
+and generation speeds side by side.
 
     python bench/sample_quality.py                           # shipped model in assets/, shakespeare
+    python bench/sample_quality.py --threads 1 --baseline git:f8e9949   # beside the v1 model
     python bench/sample_quality.py --model runs/x --corpus pydoc --threads 1
 """
 import argparse
@@ -72,11 +76,32 @@ def sample(model: BitTransformerLM, prompt: str, n_bytes: int, temperature: floa
                 **word_share(scored_text(prompt, text), vocab))
 
 
+def print_table(results: list[dict], reference: dict, n_bytes: int, corpus_name: str) -> dict:
+    """Print one model's per-prompt table; returns its totals: words, known, share, passed, bytes_per_s."""
+    words, known = sum(r["words"] for r in results), sum(r["known"] for r in results)
+    overall = known / words if words else float("nan")
+    passed = sum(r["strict_error"] is None for r in results)
+    speed = n_bytes * len(results) / sum(r["seconds"] for r in results)
+    print("\n| text | seed | words | in training vocabulary | × held-out text | strict decode | bytes/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        status = "pass" if r["strict_error"] is None else f"FAIL: {r['strict_error']}"
+        print(f"| generated after {r['prompt']!r} | {r['seed']} | {r['words']} | {r['share']:.1%} "
+              f"| {r['share'] / reference['share']:.3f} | {status} | {n_bytes / r['seconds']:.0f} |")
+    print(f"| all generations | — | {words} | {overall:.1%} | {overall / reference['share']:.3f} "
+          f"| {passed}/{len(results)} pass | {speed:.0f} |")
+    print(f"| held-out {corpus_name} text (baseline) | — | {reference['words']} | {reference['share']:.1%} "
+          f"| 1.000 | — | — |")
+    return dict(words=words, known=known, share=overall, passed=passed, bytes_per_s=speed)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Run the benchmark and print its table. Returns the per-prompt results (for tests)."""
+    """Run the benchmark and print its table(s). Returns the --model's per-prompt results (for tests)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="assets", help="a save_pretrained folder or a run folder (its best/, "
-                    "else last/ checkpoint) (default: assets)")
+    ap.add_argument("--model", default="assets", help="a save_pretrained folder, a run folder (its best/, "
+                    "else last/ checkpoint) or git:REV (default: assets)")
+    ap.add_argument("--baseline", help="a second model to compare with, same forms as --model (e.g. git:f8e9949, "
+                    "the v1 model)")
     ap.add_argument("--corpus", default="shakespeare", help="corpus name or path whose training split gives the "
                     "vocabulary (default: shakespeare)")
     ap.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: four Shakespeare "
@@ -93,42 +118,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"--bytes must be at least 1, got {args.bytes}")
     torch.set_num_threads(args.threads)
 
-    checkpoint, model = load_model_arg(ap, args.model)
+    models = {"model": load_model_arg(ap, args.model)}
+    if args.baseline:
+        models["baseline"] = load_model_arg(ap, args.baseline)
     corpus = load_corpus(args.corpus)
     train_texts, val_texts = split_corpus(corpus)
     vocab = vocabulary(train_texts)
     reference = word_share("".join(val_texts), vocab)
     prompts = args.prompt or list(PROMPTS)
     print(machine_line() + " (start)")
-    print(f"model {checkpoint} ({model.num_params():,} parameters); vocabulary: {len(vocab):,} words of the "
-          f"{corpus.name} training split; {args.bytes:,} bytes per prompt at temperature {args.temperature:g}\n",
-          flush=True)
+    for role, (checkpoint, model) in models.items():
+        print(f"{role} {checkpoint} ({model.num_params():,} parameters, positions {model.config.pos})")
+    print(f"vocabulary: {len(vocab):,} words of the {corpus.name} training split; {args.bytes:,} bytes per prompt "
+          f"at temperature {args.temperature:g}\n", flush=True)
 
-    results = []
+    results = {role: [] for role in models}
     for i, prompt in enumerate(prompts):
-        r = sample(model, prompt, args.bytes, args.temperature, args.seed + i, vocab)
-        results.append(r)
-        print(f"  {prompt!r}: {r['share']:.1%} of {r['words']} words known, strict decode "
-              f"{'passed' if r['strict_error'] is None else 'FAILED'} ({r['seconds']:.0f} s)", flush=True)
+        for role, (_, model) in models.items():
+            r = sample(model, prompt, args.bytes, args.temperature, args.seed + i, vocab)
+            results[role].append(r)
+            print(f"  {role} {prompt!r}: {r['share']:.1%} of {r['words']} words known, strict decode "
+                  f"{'passed' if r['strict_error'] is None else 'FAILED'} ({r['seconds']:.1f} s)", flush=True)
 
-    words, known = sum(r["words"] for r in results), sum(r["known"] for r in results)
-    overall = known / words if words else float("nan")
-    passed = sum(r["strict_error"] is None for r in results)
-    print("\n| text | seed | words | in training vocabulary | × held-out text | strict decode | bytes/s |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        status = "pass" if r["strict_error"] is None else f"FAIL: {r['strict_error']}"
-        print(f"| generated after {r['prompt']!r} | {r['seed']} | {r['words']} | {r['share']:.1%} "
-              f"| {r['share'] / reference['share']:.3f} | {status} | {args.bytes / r['seconds']:.0f} |")
-    print(f"| all generations | — | {words} | {overall:.1%} | {overall / reference['share']:.3f} "
-          f"| {passed}/{len(results)} pass | — |")
-    print(f"| held-out {corpus.name} text (baseline) | — | {reference['words']} | {reference['share']:.1%} "
-          f"| 1.000 | — | — |")
-    first = results[0]
-    print(f"\nsample (seed {first['seed']}, first {args.sample_chars} characters after the prompt):\n")
+    totals = {}
+    for role, (checkpoint, _) in models.items():
+        print(f"\n{role}: {checkpoint}")
+        totals[role] = print_table(results[role], reference, args.bytes, corpus.name)
+    if args.baseline:
+        new, old = totals["model"], totals["baseline"]
+        print(f"\n| {args.bytes:,} bytes per prompt, {args.threads} thread(s) | {args.model} | {args.baseline} | ratio |")
+        print("|---|---|---|---|")
+        print(f"| generation bytes/s | {new['bytes_per_s']:.0f} | {old['bytes_per_s']:.0f} "
+              f"| {new['bytes_per_s'] / old['bytes_per_s']:.2f}x |")
+        print(f"| words in training vocabulary | {new['share']:.1%} | {old['share']:.1%} "
+              f"| {new['share'] / old['share']:.3f} |")
+        print(f"| strict decode | {new['passed']}/{len(prompts)} | {old['passed']}/{len(prompts)} | — |")
+    first = results["model"][0]
+    print(f"\nsample of {args.model} (seed {first['seed']}, first {args.sample_chars} characters after the prompt):\n")
     print(first["prompt"] + first["text"][:args.sample_chars])
     print("\n" + machine_line() + " (end)")
-    return results
+    return results["model"]
 
 
 if __name__ == "__main__":

@@ -312,12 +312,12 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
 
     def _global_step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """(B, m, C) inputs of the next m slots -> (B, m, C) states, attending to the cached slots
-        within the window; the new slots join the cache."""
+        within the window; the new slots join the cache. Inference only (eval mode, no grad)."""
         q_pos, k_pos = cache.begin(x.size(1))
         slopes = self.slopes if self.slopes is not None else torch.zeros(1, device=x.device)
         bias = attention_bias(q_pos.to(x.device), k_pos.to(x.device), slopes, cache.window)
         for i, block in enumerate(self.blocks):
-            x = block(x, bias, self.slopes, cache, i)
+            x = block.step(x, bias, cache, i)
         cache.commit()
         return self.ln_f(x)
 
