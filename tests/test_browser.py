@@ -84,8 +84,19 @@ def generate(page, n_bytes: int = 24, seed: int = 5) -> str:
     page.get_by_label("Bytes to generate").first.fill(str(n_bytes))
     page.get_by_label("Seed").fill(str(seed))
     page.locator("#generate-btn").click()
-    page.locator("#gen-status").get_by_text("Generated").wait_for(timeout=60_000)
+    wait_done(page, "gen-status")
+    assert "Generated" in text_of(page, "gen-status")
     return page.locator("#out-bits textarea").input_value()
+
+
+def wait_done(page, elem_id: str, timeout: float = 60) -> None:
+    """Wait for the event just triggered to finish updating `elem_id` (its progress tracker shows, then hides)."""
+    tracker = f"#{elem_id} [data-testid=status-tracker]"
+    try:  # a fast event may be over before the tracker is seen
+        page.wait_for_selector(f"{tracker}:not(.hide)", timeout=2_000)
+    except sync_api.TimeoutError:
+        pass
+    page.wait_for_selector(f"{tracker}.hide", state="attached", timeout=timeout * 1000)
 
 
 def train(page, steps: int, preset: str = "tiny", corpus: str | None = None) -> str:
@@ -184,9 +195,11 @@ def test_two_visitors_share_the_trainer_not_their_models(browser, app_url):
     assert train(b, 30).startswith("✓ Training started")  # the trainer is free: B's turn
     b.locator("#train-status").get_by_text("Training finished").wait_for(timeout=120_000)
     for _ in range(2):  # back and forth
+        b.get_by_role("tab", name="Train").click()
         b.locator("#use-trained").click()
         b.locator("#model-info").get_by_text("your trained model").wait_for()
         assert generate(b) != b_bits
+        b.get_by_role("tab", name="Train").click()
         b.locator("#use-shipped").click()
         wait_until(lambda: text_of(b, "model-info") == shipped_line, 30, what="B's shipped model line")
         assert generate(b) == b_bits
