@@ -106,16 +106,16 @@ def evaluate_model(model: BitTransformerLM, data: str | bytes, batch_size: int =
             "n_bytes": int(totals["bytes"]), "n_bits": int(totals["bits"])}
 
 
-def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> dict:
-    """Bits per byte of `model` reading `data` as a stream, its attention window sliding over it: what
-    generation and the neural codec see (no window boundaries; every byte after the first window
-    has a full window of context).
+def stream_logprobs(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bit log-probabilities of `model` reading `data` as a stream, its attention window sliding
+    over it: what generation and the neural codec see (no window boundaries; every byte after the
+    first window has a full window of context).
 
     Takes: a v2 model (sliding positions, factorized local model), text or bytes, and the number of
     lanes: the data is cut into that many contiguous pieces of whole bytes, each read from its own
     start (a cold start per lane, as in the codec), stepped together in batched chunks of one window.
-    Returns: `bits_per_byte` (the 8 data bits of every byte), `parity_loss` (bits per parity bit;
-    NaN without parity framing), `n_bytes`.
+    Returns: bits (B, L·frame) int64 0/1, log-probs (B, L·frame, 2) of each bit given everything
+    before it in its lane, and real (B, L) bool marking bytes of data (the last lane is padded).
     Raises: `ValueError` for empty data, a learned-position (v1) model, which cannot slide, or the
     transformer local model."""
     from bitlm.layers import KVCache, bit_conditionals, gather_bits
@@ -139,7 +139,7 @@ def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16)
     patterns = (bp * model.bit_weights).sum(-1)                                                    # (B, L)
     stream = torch.zeros(lanes, dtype=torch.long)
     parity_rows = torch.full((lanes,), c.parity)
-    data_nll = parity_nll = 0.0
+    out = torch.empty(lanes, per_lane, p, 2)
     cache = KVCache(c.n_layer, c.window)
     was_training = model.training
     model.eval()
@@ -150,15 +150,45 @@ def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16)
                 x = model._embed(patterns[:, max(lo - 1, 0):hi - 1], lo, stream, with_bos=lo == 0)
                 h = model._global_step(x, cache)                          # (B, m, C)
                 lp = bit_conditionals(model._pattern_logprobs(h, parity_rows), p)
-                bit_lp = gather_bits(lp, patterns[:, lo:hi], p)           # (B, m, p, 2)
-                ce = -bit_lp.gather(-1, bp[:, lo:hi].unsqueeze(-1)).squeeze(-1) / math.log(2)     # (B, m, p)
-                ce = ce * real[:, lo:hi].unsqueeze(-1)
-                data_nll += ce[..., :8].sum().item()
-                parity_nll += ce[..., 8:].sum().item()
+                out[:, lo:hi] = gather_bits(lp, patterns[:, lo:hi], p)    # (B, m, p, 2)
     finally:
         model.train(was_training)
-    return {"bits_per_byte": data_nll / len(raw), "parity_loss": parity_nll / len(raw) if c.parity else math.nan,
-            "n_bytes": len(raw)}
+    return bp.flatten(1), out.flatten(1, 2), real
+
+
+def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> dict:
+    """Bits per byte of `model` reading `data` as a stream (see `stream_logprobs`).
+
+    Returns: `bits_per_byte` (the 8 data bits of every byte), `parity_loss` (bits per parity bit;
+    NaN without parity framing), `n_bytes`. Raises: as `stream_logprobs`."""
+    bits, logp, real = stream_logprobs(model, data, lanes)
+    frame = frame_bits(model.config.parity)
+    ce = -logp.gather(-1, bits.unsqueeze(-1)).squeeze(-1) / math.log(2)                            # (B, L·frame)
+    ce = ce.view(*real.shape, frame) * real.unsqueeze(-1)
+    n_bytes = int(real.sum())
+    return {"bits_per_byte": ce[..., :8].sum().item() / n_bytes,
+            "parity_loss": ce[..., 8:].sum().item() / n_bytes if model.config.parity else math.nan,
+            "n_bytes": n_bytes}
+
+
+def gate_windows(model: BitTransformerLM, texts: Sequence[str], windows: Sequence[int], lanes: int = 16) -> dict:
+    """K, C and S (`bitlm.gate`) of consecutive windows of the texts as the model streams them, for
+    each window size: {window: bitlm.gate.Calibration}. Windows never cross a lane.
+    Raises: as `stream_logprobs`."""
+    from bitlm.gate import METRICS, Calibration, window_values
+
+    bits, logp, real = stream_logprobs(model, "".join(texts), lanes)
+    frame = frame_bits(model.config.parity)
+    probs = logp[..., 1].exp()                                                             # (B, L·frame)
+    out = {w: Calibration(w, {m: [] for m in METRICS}) for w in windows}
+    for lane in range(bits.size(0)):
+        n = int(real[lane].sum()) * frame
+        b, p = bits[lane, :n].numpy(), probs[lane, :n].double().numpy()
+        for w in windows:
+            cal = window_values(b, p, w, frame)
+            for m in METRICS:
+                out[w].values[m] += cal.values[m]
+    return out
 
 
 def words(text: str) -> list[str]:

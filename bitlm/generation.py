@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from bitlm.bits import parity_of
+from bitlm.bits import frame_bits
+from bitlm.gate import Gate, GateConfig, GateEvent
 from bitlm.layers import PARITY_OFFSET, KVCache, bit_conditionals
 
 if TYPE_CHECKING:
@@ -34,11 +34,15 @@ class Generation:
 
     bits: the new bits only, 1-D uint8. probs: the model's P(bit=1) at each new position (before
     temperature/top-k/top-p), float32. parity_set: parity bits set from their frame's data bits
-    instead of sampled. output: model_output_decompress(bits) when asked for, else None."""
+    instead of sampled. output: model_output_decompress(bits) when asked for, else None.
+    gate_events: what the gate saw and did (`bitlm.gate.GateEvent`s); gate_stopped: it ended the
+    generation early (`bitlm.gate.describe` puts both in words)."""
     bits: torch.Tensor
     probs: torch.Tensor
     parity_set: int
     output: torch.Tensor | None = None
+    gate_events: list[GateEvent] = field(default_factory=list)
+    gate_stopped: bool = False
 
 
 def check_sampling(n_bits: int, temperature: float, top_k: int | None, top_p: float | None,
@@ -82,42 +86,83 @@ def sample_bit(lp0: float, lp1: float, temperature: float, top_k: int | None, to
 
 def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                    stream_type: int = 0, use_cache: bool = True, chunk_bits: int | None = None) -> Iterator[Generation]:
+                    stream_type: int = 0, use_cache: bool = True, chunk_bits: int | None = None,
+                    gate: GateConfig | None = None) -> Iterator[Generation]:
     """Sample n_bits after prompt_bits, yielding the cumulative `Generation` every chunk_bits new bits
-    (None: once, at the end) and always once complete. See `BitTransformerLM.generate`."""
+    (None: once, at the end) and always once complete. With a `gate` (`bitlm.gate`), the output is
+    checked as it grows; a retry rolls the output back (a later yield can be shorter than an earlier
+    one) and a stop ends it early. See `BitTransformerLM.generate`."""
     prompt_bits = check_sampling(n_bits, temperature, top_k, top_p, stream_type, prompt_bits)
     if chunk_bits is not None and (isinstance(chunk_bits, bool) or not isinstance(chunk_bits, int) or chunk_bits < 1):
         raise ValueError(f"chunk_bits must be None or an int ≥ 1, got {chunk_bits!r}")
+    if gate is not None and not isinstance(gate, GateConfig):
+        raise ValueError(f"gate must be a bitlm.gate.GateConfig or None, got {type(gate).__name__}")
+    if gate is not None and gate.mode != "off" and stream_type != 0:
+        raise ValueError("the gate reads text: use it with stream_type 0 only")
     stream = model._stream_ids(stream_type, 1)
     set_parity = model.config.parity and stream_type == 0
     # Python's Mersenne Twister: one call per sampled bit costs ~50 ns, a torch.rand(1) ~2 µs.
     rng = random.Random(seed)
     seq = prompt_bits.long().tolist()
+    n_prompt = len(seq)
     decoder = BitDecoder(model, stream, use_cache)
     p = model.config.patch_size
-    new, probs, parity_set = [], [], 0
+    frame = frame_bits(model.config.parity)
+    watch = Gate(gate, frame) if gate is not None and gate.mode != "off" else None
+    first_frame = -n_prompt % frame            # output bits before the first whole output byte
+    new: list[int] = []
+    probs: list[float] = []
     every = chunk_bits or max(n_bits, 1)
+    next_yield = every
+    stopped = False
 
     def result() -> Generation:
+        parity_set = sum(1 for t in range(n_prompt, len(seq)) if t % p == PARITY_OFFSET) if set_parity else 0
         return Generation(bits=torch.tensor(new, dtype=torch.uint8), probs=torch.tensor(probs, dtype=torch.float32),
-                          parity_set=parity_set)
+                          parity_set=parity_set, gate_events=list(watch.events) if watch else [], gate_stopped=stopped)
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(n_bits):
+            while len(new) < n_bits:
                 lp0, lp1 = decoder.next_logprobs(seq)
                 t = len(seq)
                 if set_parity and t % p == PARITY_OFFSET:
                     bit = sum(seq[t - PARITY_OFFSET:t]) & 1
-                    parity_set += 1
                 else:
                     bit = sample_bit(lp0, lp1, temperature, top_k, top_p, rng)
                 seq.append(bit)
                 new.append(bit)
                 probs.append(math.exp(lp1))
-                if (i + 1) % every == 0 and i + 1 < n_bits:
+                done = len(new) - first_frame
+                if watch and done > 0 and done % frame == 0 and watch.due(done // frame):
+                    n_bytes = done // frame
+                    hit = watch.check(new[first_frame:], probs[first_frame:], n_bytes)
+                    if hit is not None:
+                        metric, value = hit
+                        start = n_bytes - watch.window
+                        action = gate.mode
+                        if action == "retry" and watch.retries >= gate.max_retries:
+                            action = "stop"
+                        if action == "warn":
+                            watch.record(start, n_bytes, metric, value, "warn")
+                        else:       # roll back to the window's start: resample it, or end before it
+                            cut = first_frame + start * frame
+                            del new[cut:], probs[cut:], seq[n_prompt + cut:]
+                            decoder = BitDecoder(model, stream, use_cache)
+                            watch.reset()
+                            if action == "retry":
+                                watch.retries += 1
+                                temperature = watch.retry_temperature(metric, temperature)
+                                rng = random.Random(rng.getrandbits(64))
+                                watch.record(start, n_bytes, metric, value, "retry", temperature)
+                            else:
+                                watch.record(start, n_bytes, metric, value, "stop")
+                                stopped = True
+                                break
+                if len(new) >= next_yield and len(new) < n_bits:
+                    next_yield = len(new) + every
                     model.train(was_training)
                     yield result()
                     model.eval()

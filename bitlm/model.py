@@ -34,6 +34,7 @@ from safetensors.torch import load_model, save_model
 
 from bitlm.bits import frame_bits, parity_of
 from bitlm.codec import DEFAULT_MAX_BITS, CodecError, decompress_bits, stream_info
+from bitlm.gate import GateConfig
 from bitlm.generation import BitDecoder, Generation, generate_stream
 from bitlm.layers import (
     PARITY_MASK, PARITY_OFFSET, AttentionProbe, Block, KVCache, alibi_slopes, attention_bias,
@@ -500,7 +501,7 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
 
     def generate(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stream_type: int = 0,
-                 decompress_output: bool = False, use_cache: bool = True) -> Generation:
+                 decompress_output: bool = False, use_cache: bool = True, gate: GateConfig | None = None) -> Generation:
         """Sample n_bits new bits after prompt_bits.
 
         prompt_bits: 1-D 0/1 tensor (may be empty, may end mid-patch, may be longer than the window:
@@ -511,22 +512,25 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         decompress_output: run model_output_decompress on the new bits into `.output`.
         use_cache: one cached global step per completed patch (False recomputes the full forward for
         every bit; same results, for reference/benchmarks).
+        gate: a `bitlm.gate.GateConfig` checking K/C/S over the last window of output against
+        calibrated floors (warn, retry or stop; see `bitlm.gate`); None or mode "off": no gate.
         Returns a Generation. Raises ValueError for bad arguments, CodecError when decompress_output
         and the new bits are not a valid stream."""
-        *_, result = generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type, use_cache)
+        *_, result = generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type, use_cache,
+                                     gate=gate)
         if decompress_output:
             result.output = model_output_decompress(result.bits)
         return result
 
     def generate_stream(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                        stream_type: int = 0, chunk_bits: int = 72) -> Iterator[Generation]:
+                        stream_type: int = 0, chunk_bits: int = 72, gate: GateConfig | None = None) -> Iterator[Generation]:
         """`generate` as it goes: yields the cumulative Generation (new bits and probabilities so far)
         every chunk_bits new bits, the last yield complete (bit-identical to `generate` with the same
-        seed). Closing the iterator stops the generation. Raises ValueError for bad arguments (on
-        the first next())."""
+        seed). Closing the iterator stops the generation. With a gate, a retry can make a yield
+        shorter than the one before. Raises ValueError for bad arguments (on the first next())."""
         return generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type,
-                               chunk_bits=chunk_bits)
+                               chunk_bits=chunk_bits, gate=gate)
 
     def bit_decoder(self, stream_type: int = 0, lanes: int = 1) -> BitDecoder:
         """The KV-cached incremental next-bit predictor that `generate` uses, for callers that
