@@ -60,7 +60,10 @@ class TrainConfig:
     without writing files. `batch_size` is the global batch: under torchrun each of the N
     processes trains on batch_size / N of its sequences. `device` is None (auto: this rank's
     GPU when there is one), "cpu", "cuda" or "cuda:N"; `amp` runs the forward under bf16
-    autocast; `dist_timeout` (seconds) bounds every wait on the other processes.
+    autocast; `dist_timeout` (seconds) bounds every wait on the other processes. Each validation
+    also logs K, C and S of the first validation batch (`val_K`: negentropy of the predictions,
+    `val_C`: LZ complexity of the model's most likely bits, `val_S`: symbiosis) and a
+    `telemetry_alert` when one moved by more than `drift_alert` since the previous validation.
     """
     corpus: str | list[str] = "pydoc"
     preset: str = "small"
@@ -86,6 +89,7 @@ class TrainConfig:
     device: str | None = None
     amp: bool = False
     dist_timeout: float = distributed.DEFAULT_TIMEOUT_S
+    drift_alert: float = 0.05      # a validation's K, C or S moving more than this raises an alert
 
     def __post_init__(self) -> None:
         for name in ("compress_prob", "direct_prob"):
@@ -100,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit must be a positive number of minutes, got {self.time_limit}")
+        if not self.drift_alert > 0:
+            raise ValueError(f"drift_alert must be a positive change in K, C or S, got {self.drift_alert}")
         if self.dist_timeout <= 0:
             raise ValueError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.device not in (None, "auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
@@ -223,7 +229,8 @@ class _Interval:
                 **sides["raw"], **sides["compressed"], "compression_ratio": _div(original, stream),
                 **sides["direct"],
                 "val_bits_per_byte": math.nan, "val_loss": math.nan, "val_accuracy": math.nan,
-                "val_parity_loss": math.nan}
+                "val_parity_loss": math.nan, "val_K": math.nan, "val_C": math.nan, "val_S": math.nan,
+                "telemetry_alert": ""}
 
 
 class _Objective(torch.nn.Module):
@@ -532,6 +539,28 @@ class Trainer:
         return {"val_bits_per_byte": data_nll / n_bytes, "val_loss": nll / n_bits, "val_accuracy": correct / n_bits,
                 "val_parity_loss": parity / n_bytes if self.model.config.parity else math.nan}
 
+    def validation_telemetry(self) -> dict:
+        """K, C and S (`bitlm.telemetry`) of the model on the first validation batch: `val_K` (K_pred,
+        how certain its predictions are), `val_C` (C_pred, novelty of its most likely bits) and
+        `val_S` (symbiosis with the text). The same batch every time, so a change is the model's."""
+        window = self.block_bits // self.train_data.frame
+        data = self.val_data[:window * self.config.batch_size]
+        rows = BitDataset([data], parity=self.model.config.parity).iter_windows(self.block_bits, self.config.batch_size)
+        self.model.eval()
+        with torch.no_grad():
+            _, tel = self.model(next(iter(rows)), telemetry=True)
+        return {"val_K": tel.K_pred, "val_C": tel.C_pred, "val_S": tel.S}
+
+    def drift(self, row: dict) -> str:
+        """A one-line alert when K, C or S moved by more than `drift_alert` since the previous
+        validation in this run's metrics ("" when none did)."""
+        previous = next((r for r in reversed(self.metrics) if not math.isnan(r.get("val_S", math.nan))), None)
+        if previous is None:
+            return ""
+        moved = [f"{k[4:]} {previous[k]:.3f} → {row[k]:.3f}" for k in ("val_K", "val_C", "val_S")
+                 if abs(row[k] - previous[k]) > self.config.drift_alert]
+        return f"telemetry drift since step {previous['step']}: {', '.join(moved)}" if moved else ""
+
     def _checkpoint(self, val_bpb: float) -> None:
         run_dir = self.config.out_dir
         improved = val_bpb < self.best_val
@@ -586,6 +615,8 @@ class Trainer:
                 interval = _Interval(ctx.device)
                 if evaluate:
                     row.update(self.validate())
+                    row.update(self.validation_telemetry())
+                    row["telemetry_alert"] = self.drift(row)
                     self.model.train()
                     self._checkpoint(row["val_bits_per_byte"])
                     saved_step = self.step
@@ -608,8 +639,9 @@ def format_row(row: dict) -> str:
     if row.get("direct_samples"):
         line += f" | direct loss {f('direct_loss')} acc {f('direct_accuracy', '.3f')}"
     if not math.isnan(row.get("val_bits_per_byte", math.nan)):
-        line += f" | val bpb {f('val_bits_per_byte')}"
-    return line + f" | lr {row['lr']:.2e} | {row['bits_per_s']:,.0f} bits/s"
+        line += f" | val bpb {f('val_bits_per_byte')} K {f('val_K', '.3f')} C {f('val_C', '.3f')} S {f('val_S', '.3f')}"
+    line += f" | lr {row['lr']:.2e} | {row['bits_per_s']:,.0f} bits/s"
+    return line + (f"\n  ALERT {row['telemetry_alert']}" if row.get("telemetry_alert") else "")
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -663,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction,
                    help="run the forward pass under bf16 autocast (GPUs, and CPUs with AMX, where it "
                         "is ~1.4-1.6x faster; elsewhere on a CPU it is usually slower) (default: off)")
+    p.add_argument("--drift-alert", type=float, dest="drift_alert", metavar="CHANGE",
+                   help="alert when a validation's K, C or S moved by more than this since the previous one "
+                        "(default: 0.05)")
     p.add_argument("--dist-timeout", type=float, dest="dist_timeout", metavar="SECONDS",
                    help="under torchrun: how long a process waits for the others (to start, or at any "
                         f"step) before the run ends with an error (default: {distributed.DEFAULT_TIMEOUT_S:.0f})")

@@ -315,3 +315,24 @@ def test_bad_configs_are_rejected():
         make_configs("huge")
     with pytest.raises(ValueError, match="codec_method"):
         make_configs("tiny", codec_method="zip")
+
+
+def test_validation_logs_k_c_s_and_alerts_on_drift():
+    """Every validation row carries K, C and S of the same validation batch; a move larger than
+    drift_alert between two validations gives a one-line alert naming the metric, a small one none."""
+    from bitlm.train import format_row
+    mc, tc = tiny(steps=60, eval_every=20, drift_alert=1e-6)
+    trainer = Trainer(mc, tc, synthetic())
+    df = trainer.run()
+    val = df[df.val_bits_per_byte.notna()]
+    assert len(val) == 3 and val[["val_K", "val_C", "val_S"]].notna().all().all()
+    assert ((val.val_S > 0) & (val.val_S <= 1)).all()
+    assert val.telemetry_alert.iloc[0] == ""                             # nothing to compare with yet
+    assert all(a.startswith("telemetry drift since step") for a in val.telemetry_alert.iloc[1:])
+    assert "ALERT telemetry drift" in format_row(val.iloc[1].to_dict())
+    direct = trainer.validation_telemetry()
+    assert direct == pytest.approx({k: val.iloc[-1][k] for k in ("val_K", "val_C", "val_S")})
+    quiet = Trainer(*tiny(steps=60, eval_every=20, drift_alert=10.0), synthetic()).run()
+    assert (quiet.telemetry_alert.fillna("") == "").all()
+    with pytest.raises(ValueError, match="drift_alert"):
+        tiny(drift_alert=0.0)
