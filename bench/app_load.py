@@ -1,26 +1,28 @@
-"""App load check: cold start of `python app.py`, then 8 concurrent gradio_client clients x 10 generation
-requests (compression on) on loopback, with a training run going for the first half of them.
+"""App load check: cold start of `python app.py`, then 8 visitors (gradio_client clients, loopback) mixing
+generate, telemetry (120-character texts) and codec calls, with the trainer idle and with a training run
+going; and telemetry's time per call in the app as it was at an earlier revision, measured in the same run.
 
-Prints the cold start (process start until the page serves), then p50 / p95 / max latency, throughput and
-errors for one client alone (the baseline, measured first in the same run) and for the concurrent clients
-while training runs and after it stops, with each p50 as a ratio to the baseline. Requests to one endpoint
-are served one at a time (gradio's default queue), so concurrent latency is queueing: expect about
-`clients` x the baseline. Exits 1 if any request failed.
+Prints the cold start, then one table: per phase and endpoint, requests, errors, p50 and p95 latency.
+Phases: one visitor alone (the baseline), 8 visitors with the trainer idle, 8 visitors while a run trains
+(started by a ninth visitor, stopped at the end), and with `--before REV` telemetry alone and 8 at once in
+the app of that revision (`git archive REV`, launched the same way). Exits 1 if any request failed.
 
-    python bench/app_load.py                       # the app as shipped (assets/ model, or the small fallback)
-    python bench/app_load.py --bytes 8 --train-preset tiny
+    python bench/app_load.py                          # the app as shipped (assets/ model)
+    python bench/app_load.py --before f8e9949 --rounds 3
 """
 import argparse
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,17 +34,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.conftest import free_port, serving  # noqa: E402
 
+PROMPT = "To be, or not to be, that is the question"
+TEL_TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "
+            "that lour'd upon our house in the deep bosom of the ocean buried.")[:120]
+CODEC_TEXT = "aaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbbbbcccccccccccc, to be or not to be " * 2
 
-def launch(port: int, timeout: float = 120) -> tuple[subprocess.Popen, float]:
-    """Start `python app.py` on 127.0.0.1:port; return (process, seconds until GET / answered 200)."""
+
+def launch(port: int, cwd: Path = ROOT, timeout: float = 180) -> tuple[subprocess.Popen, float]:
+    """Start `python app.py` in `cwd` on 127.0.0.1:port; return (process, seconds until GET / answered 200)."""
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}:\n{proc.stderr.read()}")
+            raise SystemExit(f"app.py in {cwd} exited with {proc.returncode}:\n{proc.stderr.read()}")
         if serving(url):
             return proc, time.perf_counter() - t0
         time.sleep(0.05)
@@ -50,18 +57,56 @@ def launch(port: int, timeout: float = 120) -> tuple[subprocess.Popen, float]:
     raise SystemExit(f"app.py did not serve {url} within {timeout:.0f} s")
 
 
-def generate(client: Client, n_bytes: int, seed: int) -> tuple[float, str | None]:
-    """One generation request; returns (latency s, error or None)."""
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# Each call returns an error message, or None when the answer is what the endpoint promises.
+def call_generate(client: Client, seed: int, n_bytes: int) -> str | None:
+    text, bits, in_ratio, out_ratio, status = client.predict(PROMPT, "text", n_bytes, 0.8, seed, True,
+                                                             api_name="/generate")
+    return None if bits and out_ratio is not None else f"no generation: {status}"
+
+
+def call_telemetry(client: Client) -> str | None:
+    status = client.predict("text below", TEL_TEXT, "decompressed bits", 0, 0, api_name="/telemetry")[4]
+    return None if status.startswith("✓") else f"telemetry failed: {status}"
+
+
+def call_codec(client: Client) -> str | None:
+    stream, _, ratio, status = client.predict(CODEC_TEXT, "text", "auto", True, api_name="/compress")
+    if not status.startswith("✓"):
+        return f"compress failed: {status}"
+    text = client.predict(stream, True, api_name="/decompress")[1]
+    return None if text == CODEC_TEXT else "decompress did not give the text back"
+
+
+def timed(call: Callable[[], str | None]) -> tuple[float, str | None]:
     t0 = time.perf_counter()
     try:
-        text, bits, in_ratio, out_ratio, status = client.predict(
-            "To be, or not to be, that is the question", "text", n_bytes, 0.8, seed, True, api_name="/generate")
+        error = call()
     except Exception as e:  # counted and reported: an error is what this check looks for
-        return time.perf_counter() - t0, f"{type(e).__name__}: {e}"
-    latency = time.perf_counter() - t0
-    if not bits or in_ratio is None or out_ratio is None:
-        return latency, f"no generation: {status}"
-    return latency, None
+        error = f"{type(e).__name__}: {e}"
+    return time.perf_counter() - t0, error
+
+
+class Results:
+    """Latencies and errors per (phase, endpoint), from any thread."""
+
+    def __init__(self):
+        self.rows: dict[tuple[str, str], list[tuple[float, str | None]]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def add(self, phase: str, endpoint: str, latency: float, error: str | None) -> None:
+        with self.lock:
+            self.rows[(phase, endpoint)].append((latency, error))
+
+    def errors(self) -> list[str]:
+        return [e for done in self.rows.values() for _, e in done if e]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -69,86 +114,108 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
+def visitors_mix(url: str, phase: str, results: Results, clients: int, rounds: int, n_bytes: int) -> None:
+    """`clients` visitors at once, each doing `rounds` of generate, telemetry and codec (compress + decompress)."""
+    visitors = [Client(url, verbose=False, analytics_enabled=False) for _ in range(clients)]
+
+    def visit(c: int) -> None:
+        for r in range(rounds):
+            calls = [("generate", lambda: call_generate(visitors[c], 1000 * c + r, n_bytes)),
+                     ("telemetry", lambda: call_telemetry(visitors[c])),
+                     ("compress + decompress", lambda: call_codec(visitors[c]))]
+            for i in range(len(calls)):  # each visitor starts the round at another endpoint
+                endpoint, call = calls[(c + i) % len(calls)]
+                results.add(phase, endpoint, *timed(call))
+
+    threads = [threading.Thread(target=visit, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def telemetry_before_after(url: str, phase: str, results: Results, requests: int, clients: int) -> None:
+    """Telemetry alone: one visitor `requests` times, then `clients` visitors once each, all at once."""
+    one = Client(url, verbose=False, analytics_enabled=False)
+    timed(lambda: call_telemetry(one))  # warm-up
+    for _ in range(requests):
+        results.add(f"{phase}, 1 visitor", "telemetry", *timed(lambda: call_telemetry(one)))
+    many = [Client(url, verbose=False, analytics_enabled=False) for _ in range(clients)]
+    threads = [threading.Thread(target=lambda c=c: results.add(f"{phase}, {clients} at once", "telemetry",
+                                                               *timed(lambda: call_telemetry(c)))) for c in many]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=10, help="per client (and for the single-client baseline)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of generate + telemetry + codec per visitor")
     ap.add_argument("--bytes", type=int, default=16, help="bytes generated per request")
     ap.add_argument("--train-preset", default="small", help="preset of the run trained during the load")
+    ap.add_argument("--before", metavar="REV", help="also time telemetry in the app at this git revision")
     args = ap.parse_args()
+    results = Results()
+
+    if args.before:
+        old = Path(tempfile.mkdtemp(prefix="bitlm-before-"))
+        try:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+            old_port = free_port()
+            proc, _ = launch(old_port, cwd=old)
+            try:
+                telemetry_before_after(f"http://127.0.0.1:{old_port}/", f"before ({args.before})", results,
+                                       args.rounds, args.clients)
+            finally:
+                stop(proc)
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
     port = free_port()
     proc, cold_start = launch(port)
     url = f"http://127.0.0.1:{port}/"
-    run_dir = None
+    train_line = ""
     try:
+        telemetry_before_after(url, "now", results, args.rounds, args.clients)
         control = Client(url, verbose=False, analytics_enabled=False)
-        generate(control, args.bytes, 0)  # warm-up: first-call costs are not latency
+        timed(lambda: call_generate(control, 0, args.bytes))  # warm-up: first-call costs are not latency
+        for r in range(args.rounds):
+            for endpoint, call in (("generate", lambda: call_generate(control, r, args.bytes)),
+                                   ("telemetry", lambda: call_telemetry(control)),
+                                   ("compress + decompress", lambda: call_codec(control))):
+                results.add("1 visitor, trainer idle", endpoint, *timed(call))
+        visitors_mix(url, f"{args.clients} visitors, trainer idle", results, args.clients, args.rounds, args.bytes)
 
-        t0 = time.perf_counter()
-        baseline = [generate(control, args.bytes, i) for i in range(args.requests)]
-        baseline_wall = time.perf_counter() - t0
-
-        status = control.predict("pydoc", None, args.train_preset, 20_000, 0.5, False, api_name="/train_start")
+        trainer = Client(url, verbose=False, analytics_enabled=False)
+        status = trainer.predict("pydoc", None, args.train_preset, 20_000, 0.5, False, api_name="/train_start")
         if not status.startswith("✓"):
             raise SystemExit(f"training did not start: {status}")
-        # The run folder the status names is this bench's litter: removed at the end.
-        run_dir = ROOT / re.search(r"go to `([^`]+)`", status).group(1)
-        results: list[tuple[bool, float, str | None]] = []  # (training was running, latency, error)
-        lock = threading.Lock()
-        half = args.clients * args.requests // 2
-        training = threading.Event()
-        training.set()
-        clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(args.clients)]
-
-        def worker(c: int) -> None:
-            for i in range(args.requests):
-                during = training.is_set()
-                latency, error = generate(clients[c], args.bytes, 1000 * c + i)
-                with lock:
-                    results.append((during, latency, error))
-                    if len(results) == half and training.is_set():
-                        control.predict(api_name="/train_stop")
-                        training.clear()
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(c,)) for c in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        load_wall = time.perf_counter() - t0
-        train_line = control.predict(api_name="/train_status")[0]
+        time.sleep(5)  # past the run's start-up: the load meets a run that is training
+        visitors_mix(url, f"{args.clients} visitors, training running", results, args.clients, args.rounds, args.bytes)
+        train_line = trainer.predict(api_name="/train_status")[0]
+        trainer.predict(api_name="/train_stop")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        stop(proc)  # the app removes its own run folders when it starts again; the bench's go now
+        for leftover in (ROOT / "runs").glob("app-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
-    phases = [
-        ("1 client, idle (baseline)", baseline, baseline_wall),
-        (f"{args.clients} clients, training running", [(lat, e) for d, lat, e in results if d], None),
-        (f"{args.clients} clients, after training stopped", [(lat, e) for d, lat, e in results if not d], None),
-        (f"{args.clients} clients, all", [(lat, e) for _, lat, e in results], load_wall),
-    ]
-    p50_base = statistics.median(lat for lat, _ in baseline)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"app threads: torch default ({torch.get_num_threads()})")
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"cold start: `python app.py` served the page after {cold_start:.2f} s")
-    print(f"generation: {args.bytes} bytes per request, compression on; training: {args.train_preset} preset, "
-          f"stopped after {half} requests ({train_line})")
+    print(f"generation: {args.bytes} bytes per request, compression on; telemetry: {len(TEL_TEXT)} characters; "
+          f"codec: compress and decompress {len(CODEC_TEXT)} characters; training: {args.train_preset} preset "
+          f"({train_line})")
     print()
-    print(f"| {'phase':<34} | requests | errors | p50 s | p95 s | max s | req/s | p50 / baseline |")
-    print(f"|{'-' * 36}|---------:|-------:|------:|------:|------:|------:|---------------:|")
-    for name, done, wall in phases:
+    print(f"| {'phase':<40} | {'endpoint':<22} | requests | errors | p50 s | p95 s |")
+    print(f"|{'-' * 42}|{'-' * 24}|---------:|-------:|------:|------:|")
+    for (phase, endpoint), done in results.rows.items():
         lat = [x for x, _ in done]
-        rate = f"{len(lat) / wall:.2f}" if wall else "-"
-        if not lat:
-            print(f"| {name:<34} | {0:>8} | {0:>6} | {'-':>5} | {'-':>5} | {'-':>5} | {rate:>5} | {'-':>14} |")
-            continue
-        print(f"| {name:<34} | {len(lat):>8} | {sum(e is not None for _, e in done):>6} | {statistics.median(lat):5.2f} | "
-              f"{pct(lat, 0.95):5.2f} | {max(lat):5.2f} | {rate:>5} | {statistics.median(lat) / p50_base:13.2f}x |")
-    errors = [e for _, done, _ in phases[:1] + phases[3:] for _, e in done if e]
+        print(f"| {phase:<40} | {endpoint:<22} | {len(lat):>8} | {sum(e is not None for _, e in done):>6} | "
+              f"{statistics.median(lat):5.2f} | {pct(lat, 0.95):5.2f} |")
+    errors = results.errors()
     print()
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
     sys.exit(1 if errors else 0)

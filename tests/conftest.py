@@ -13,6 +13,17 @@ import urllib.request  # noqa: E402
 import pytest  # noqa: E402
 
 
+FAILED = "⚠️"  # how every friendly failure message starts
+
+
+def assert_friendly(status: str, *fragments: str) -> None:
+    """`status` is the app's own failure message (no traceback) and holds every fragment."""
+    assert status.startswith(FAILED), status
+    assert "Traceback" not in status
+    for fragment in fragments:
+        assert fragment in status, status
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -10,15 +10,7 @@ from bitlm.bits import bytes_to_bits, format_bits, text_to_bits
 from bitlm.codec import CodecError, compress_bits, compression_ratio
 from bitlm.model import Generation
 from bitlm.visitors import AppModel
-
-FAILED = "⚠️"
-
-
-def assert_friendly(status: str, *fragments: str) -> None:
-    assert status.startswith(FAILED), status
-    assert "Traceback" not in status
-    for fragment in fragments:
-        assert fragment in status, status
+from conftest import FAILED, assert_friendly
 
 
 # ------------------------------------------------------------------------------------------ generate

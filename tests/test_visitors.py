@@ -12,16 +12,7 @@ from bitlm.endpoints import Endpoints
 from bitlm.model import BitTransformerLM
 from bitlm.train import PRESETS
 from bitlm.visitors import SharedTrainer, Visitor, load_app_model
-from conftest import wait_until
-
-FAILED = "⚠️"
-
-
-def assert_friendly(status: str, *fragments: str) -> None:
-    assert status.startswith(FAILED), status
-    assert "Traceback" not in status
-    for fragment in fragments:
-        assert fragment in status, status
+from conftest import assert_friendly, wait_until
 
 
 # ------------------------------------------------------------------------------------------ model loading
