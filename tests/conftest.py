@@ -1,5 +1,5 @@
-"""Shared fixtures: an offline environment, a tiny untrained model for handler tests, and the app launched
-on 127.0.0.1 for the gradio_client and browser tests."""
+"""Shared helpers: an offline environment, a tiny untrained model for handler tests, the app launched on
+127.0.0.1 for the API, MCP and browser tests, and the check of a friendly failure message."""
 import os
 
 # Before gradio / huggingface_hub are imported anywhere: no telemetry calls, no hub look-ups.
@@ -69,11 +69,3 @@ def launch_app(model_dir, run_root, fallback_preset: str = "tiny", run_minutes: 
     url = f"http://127.0.0.1:{port}/"
     wait_until(lambda: serving(url), 30, what="the app to serve")
     return blocks, url
-
-
-@pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
-    """URL of the app (tiny fallback model, runs under a temp folder) serving for the whole session."""
-    blocks, url = launch_app(tmp_path_factory.mktemp("no-model"), tmp_path_factory.mktemp("runs"))
-    yield url
-    blocks.close()

@@ -112,6 +112,20 @@ def test_every_seed_the_message_allows_is_accepted(tiny_model, seed):
     assert_friendly(gen(tiny_model, seed=demo.SEED_MAX + 1).status, f"0 to {demo.SEED_MAX:,}")
 
 
+@pytest.mark.parametrize("kwargs", [dict(n_bytes=1), dict(n_bytes=demo.GEN_MAX_BYTES), dict(temperature=0),
+                                    dict(temperature=demo.TEMPERATURE_MAX), dict(prompt="x" * demo.PROMPT_MAX_CHARS),
+                                    dict(prompt="1" * demo.PROMPT_MAX_BITS, mode="bits")])
+def test_every_generate_bound_the_ui_states_is_accepted(tiny_model, kwargs):
+    result = gen(tiny_model, **kwargs)
+    assert "Generated" in result.status and result.bits, result.status
+
+
+@pytest.mark.parametrize("call", [lambda: demo.compress("x" * demo.CODEC_MAX_CHARS, "text", "auto", True),
+                                  lambda: demo.compress("1" * demo.CODEC_MAX_BITS, "bits", "auto", True)])
+def test_every_codec_bound_the_ui_states_is_accepted(call):
+    assert call().status.startswith("✓")
+
+
 @pytest.mark.parametrize("seed", [None, "", "  "])
 def test_seed_left_empty_picks_and_reports_one(tiny_model, seed):
     result = gen(tiny_model, seed=seed)
