@@ -1,10 +1,12 @@
-"""The bit model as a lossless compressor: its next-bit probabilities drive a range coder
+"""The float reference path of the neural codec (`bitlm.neural_codec` is the exact, portable one):
+the bit model's next-bit probabilities drive a range coder
 (`constriction`'s queue coder, one Bernoulli symbol per bit), so a text costs about its
 cross-entropy under the model ("Language Modeling Is Compression", Delétang et al. 2024).
 
 Encoder and decoder compute every probability the same way, through the model's KV-cached
 incremental predictor (`BitTransformerLM.bit_decoder`, the machinery `generate` uses) fed the
-same bits in the same order, so they agree bit for bit on the same machine and thread setup. The
+same bits in the same order, so they agree bit for bit on the same machine and thread setup (only
+there: another thread count or CPU may round differently, which is why `bitlm.exact` exists). The
 encoder could get its probabilities from one forward over the whole window instead, but those
 differ from the incremental ones in the last float bits, and one probability landing on the
 other side of a rounding step would make the decoder diverge; so both sides take the same path,

@@ -1,11 +1,11 @@
-"""Neural codec: exact round trips (text, bytes, bit tensors, across context restarts), coded size
-against the model's cross-entropy, and clear errors for wrong-model, truncated and corrupted streams."""
+"""Float neural codec (the reference path): exact round trips (text, bytes, bit tensors, across
+context restarts), coded size against the model's cross-entropy, and clear errors for wrong-model, truncated and corrupted streams."""
 import random
 
 import pytest
 import torch
 
-from bitlm import neural_codec as nc
+from bitlm import float_codec as nc
 from bitlm.bits import bytes_to_bits, text_to_bits
 from bitlm.codec import CodecError
 from bitlm.model import BitLMConfig, BitTransformerLM
