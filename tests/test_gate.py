@@ -134,3 +134,22 @@ def test_calibrate_command_writes_gate_json(tmp_path, model, capsys):
     out = capsys.readouterr().out
     assert set(load_floors(tmp_path / "m")) == {16, 32}
     assert "false alarms" in out and "| 16 |" in out and "| 32 |" in out
+
+
+def test_gate_bench_end_to_end(tmp_path, model, capsys):
+    from bench import gate as gate_bench
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.txt").write_text(TEXT * 3)
+    main(["calibrate", "--model", str(folder), "--corpus", str(corpus), "--windows", "16"])
+    out = gate_bench.main(["--model", str(folder), "--corpus", str(corpus), "--window", "16", "--prompts", "2",
+                           "--bytes", "60"])
+    text = capsys.readouterr().out
+    assert set(out["false_alarms"]) == {"K", "C", "S"} and len(out["detection"]) == 3
+    assert out["detection"]["greedy (temperature 0: loops)"][0] == 1.0       # the untrained model loops
+    assert "| gate warn, 16-byte window |" in text and "false-alarm rate" in text
+    with pytest.raises(SystemExit):
+        gate_bench.main(["--model", str(folder), "--corpus", str(corpus), "--window", "99"])

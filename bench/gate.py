@@ -1,0 +1,116 @@
+"""Does the K/C/S safety gate catch what it should, leave ordinary text alone, and cost little?
+
+With the model's calibrated floors (`MODEL/gate.json`, written by `python -m bitlm.gate calibrate`,
+which fits them on the even-numbered documents' held-out tails), one run prints:
+  * false alarms: the share of windows of held-out text the calibration did NOT use (the odd-numbered
+    documents' held-out tails) that fall below each floor;
+  * detection: for --prompts prompts (openings of held-out passages, the same for every condition),
+    generations of --bytes bytes with the gate in `warn` mode at temperature 0 (greedy: loops) and at
+    --soup-temperature (letter soup), and, for contrast, at 0.8 (ordinary sampling): the share of
+    generations with at least one trigger, and which metric fired;
+  * cost: generation bytes/s with the gate (warn) and without, in turns, on one thread.
+
+    python bench/gate.py                          # shipped model in assets/
+    python bench/gate.py --model runs/x --window 64 --prompts 20 --bytes 400
+"""
+import argparse
+import collections
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.quality import load_model_arg, machine_line  # noqa: E402
+from bitlm.bits import text_to_bits  # noqa: E402
+from bitlm.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.evaluate import gate_windows  # noqa: E402
+from bitlm.gate import GateConfig, false_alarm_rates, load_floors  # noqa: E402
+
+
+def prompts_from(texts: list[str], n: int, chars: int = 48, seed: int = 0) -> list[str]:
+    """n passages of `chars` characters from the texts, starting at line starts, chosen with a seed."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        text = rng.choice(texts)
+        starts = [i + 1 for i, ch in enumerate(text[:-chars]) if ch == "\n"]
+        if starts:
+            at = rng.choice(starts)
+            out.append(text[at:at + chars])
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark and print its tables. Returns the figures (for tests)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="assets", help="a save_pretrained folder with a gate.json (default: assets)")
+    ap.add_argument("--corpus", default="shakespeare", help="the model's corpus (default: shakespeare)")
+    ap.add_argument("--window", type=int, default=64, help="gate window in bytes, one of gate.json's (default: 64)")
+    ap.add_argument("--prompts", type=int, default=20, help="prompts per condition (default: 20)")
+    ap.add_argument("--bytes", type=int, default=400, help="bytes per generation (default: 400)")
+    ap.add_argument("--soup-temperature", type=float, default=2.0, help="the letter-soup temperature (default: 2.0)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    checkpoint, model = load_model_arg(ap, args.model)
+    floors = load_floors(checkpoint).get(args.window)
+    if floors is None:
+        ap.error(f"{checkpoint} has no floors for a {args.window}-byte window; run "
+                 f"python -m bitlm.gate calibrate --model {checkpoint}")
+    heldout = split_corpus(load_corpus(args.corpus))[1]
+    print(machine_line() + " (start)")
+    print(f"model {checkpoint}; window {args.window} bytes; floors K {floors.floors['K']:.4f}, C {floors.floors['C']:.4f}, "
+          f"S {floors.floors['S']:.4f} (the {floors.quantile:g} quantile of {floors.n_windows} windows: {floors.source})\n",
+          flush=True)
+
+    unseen = gate_windows(model, heldout[1::2], [args.window])[args.window]
+    false_alarms = false_alarm_rates(unseen, floors)
+    n_unseen = len(unseen.values["K"])
+    print(f"false alarms on {n_unseen} held-out windows the calibration did not use: "
+          + ", ".join(f"{m} {v:.2%}" for m, v in false_alarms.items()), flush=True)
+
+    prompts = prompts_from(heldout, args.prompts)
+    gate = GateConfig("warn", floors)
+    detection = {}
+    for label, temperature in (("greedy (temperature 0: loops)", 0.0),
+                               (f"letter soup (temperature {args.soup_temperature:g})", args.soup_temperature),
+                               ("ordinary sampling (temperature 0.8)", 0.8)):
+        fired, metrics = 0, collections.Counter()
+        for i, prompt in enumerate(prompts):
+            g = model.generate(text_to_bits(prompt), 9 * args.bytes, temperature=temperature, seed=100 + i, gate=gate)
+            fired += bool(g.gate_events)
+            metrics.update({e.metric for e in g.gate_events})
+        detection[label] = (fired / len(prompts), dict(metrics))
+        print(f"  {label}: {fired}/{len(prompts)} generations triggered the gate {dict(metrics)}", flush=True)
+
+    prompt = text_to_bits(prompts[0])
+    runs = {"off": [], "warn": []}
+    for _ in range(3):
+        for mode in runs:
+            t0 = time.perf_counter()
+            model.generate(prompt, 9 * args.bytes, temperature=0.8, seed=7, gate=gate if mode == "warn" else None)
+            runs[mode].append(args.bytes / (time.perf_counter() - t0))
+    speed = {mode: max(v) for mode, v in runs.items()}
+    cost = speed["off"] / speed["warn"] - 1
+
+    print(f"\n| held-out windows not used for calibration | windows | K | C | S |")
+    print("|---|---|---|---|---|")
+    print(f"| false-alarm rate (below the floor) | {n_unseen} | " + " | ".join(f"{false_alarms[m]:.2%}" for m in "KCS") + " |")
+    print(f"\n| {args.prompts} prompts, {args.bytes} bytes each, gate warn | triggered | by metric |")
+    print("|---|---|---|")
+    for label, (rate, metrics) in detection.items():
+        print(f"| {label} | {rate:.0%} | {', '.join(f'{m}: {n}' for m, n in sorted(metrics.items())) or '—'} |")
+    print(f"\n| generation, {args.bytes} bytes, {args.threads} thread(s) | bytes/s | cost |")
+    print("|---|---|---|")
+    print(f"| gate off | {speed['off']:.0f} | — |")
+    print(f"| gate warn, {args.window}-byte window | {speed['warn']:.0f} | {cost:+.1%} |")
+    print("\n" + machine_line() + " (end)")
+    return {"false_alarms": false_alarms, "detection": detection, "speed": speed, "cost": cost}
+
+
+if __name__ == "__main__":
+    main()
