@@ -99,7 +99,7 @@ def data_positions(n_bits: int, frame: int) -> np.ndarray:
 class Gate:
     """The gate of one generation: fed the output as it grows, says when a window falls below a floor.
 
-    `check(bits, probs, n_bytes)` looks at the last `window` whole bytes of output (bits and probs
+    `check(bits, probs, n_bytes)` records the window's values in `trace` and looks at the last `window` whole bytes of output (bits and probs
     are the output so far, frame-aligned from its start) every `stride` bytes and returns the
     (metric, value) that has been below its floor for `patience` checks in a row (the furthest below
     when several have), or None: a floor is a 1st percentile, so single windows of ordinary text dip
@@ -113,6 +113,7 @@ class Gate:
         self.events: list[GateEvent] = []
         self.retries = 0
         self.below = dict.fromkeys(METRICS, 0)      # consecutive checks below each floor
+        self.trace: list[tuple[int, float, float, float]] = []   # (output bytes, K, C, S) at each check
 
     def due(self, n_bytes: int) -> bool:
         """Whether a check is due after n_bytes whole output bytes."""
@@ -123,6 +124,7 @@ class Gate:
         keep = data_positions(hi - lo, self.frame)
         values = window_metrics(np.asarray(bits[lo:hi], dtype=np.uint8)[keep], np.asarray(probs[lo:hi])[keep])
         floors = self.config.floors.floors
+        self.trace.append((n_bytes, values["K"], values["C"], values["S"]))
         for m in METRICS:
             self.below[m] = self.below[m] + 1 if values[m] < floors[m] else 0
         hits = [(values[m] - floors[m], m) for m in METRICS if self.below[m] >= self.config.patience]
@@ -131,9 +133,11 @@ class Gate:
         metric = min(hits)[1]
         return metric, values[metric]
 
-    def reset(self) -> None:
-        """Forget the run of checks below floors (after the output was rolled back)."""
+    def reset(self, n_bytes: int) -> None:
+        """The output was rolled back to n_bytes: forget the run of checks below floors and the
+        trace past it."""
         self.below = dict.fromkeys(METRICS, 0)
+        self.trace = [t for t in self.trace if t[0] <= n_bytes]
 
     def record(self, start: int, end: int, metric: str, value: float, action: str,
                temperature: float | None = None) -> None:

@@ -36,13 +36,15 @@ class Generation:
     temperature/top-k/top-p), float32. parity_set: parity bits set from their frame's data bits
     instead of sampled. output: model_output_decompress(bits) when asked for, else None.
     gate_events: what the gate saw and did (`bitlm.gate.GateEvent`s); gate_stopped: it ended the
-    generation early (`bitlm.gate.describe` puts both in words)."""
+    generation early (`bitlm.gate.describe` puts both in words); gate_trace: (output bytes, K, C, S)
+    of each window the gate checked, for a live chart."""
     bits: torch.Tensor
     probs: torch.Tensor
     parity_set: int
     output: torch.Tensor | None = None
     gate_events: list[GateEvent] = field(default_factory=list)
     gate_stopped: bool = False
+    gate_trace: list[tuple[int, float, float, float]] = field(default_factory=list)
 
 
 def check_sampling(n_bits: int, temperature: float, top_k: int | None, top_p: float | None,
@@ -119,7 +121,8 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
     def result() -> Generation:
         parity_set = sum(1 for t in range(n_prompt, len(seq)) if t % p == PARITY_OFFSET) if set_parity else 0
         return Generation(bits=torch.tensor(new, dtype=torch.uint8), probs=torch.tensor(probs, dtype=torch.float32),
-                          parity_set=parity_set, gate_events=list(watch.events) if watch else [], gate_stopped=stopped)
+                          parity_set=parity_set, gate_events=list(watch.events) if watch else [], gate_stopped=stopped,
+                          gate_trace=list(watch.trace) if watch else [])
 
     was_training = model.training
     model.eval()
@@ -151,7 +154,7 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
                             cut = first_frame + start * frame
                             del new[cut:], probs[cut:], seq[n_prompt + cut:]
                             decoder = BitDecoder(model, stream, use_cache)
-                            watch.reset()
+                            watch.reset(start)
                             if action == "retry":
                                 watch.retries += 1
                                 temperature = watch.retry_temperature(metric, temperature)

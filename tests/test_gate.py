@@ -72,6 +72,9 @@ def test_greedy_loop_is_caught_within_two_windows_and_warn_changes_no_bit(model,
     assert sum(e.action == "retry" for e in retried.gate_events) <= 2
     assert retried.gate_stopped == (retried.gate_events[-1].action == "stop")
     warned = model.generate(prompt, 9 * 200, temperature=0, seed=3, gate=GateConfig("warn", floors))
+    ends = [t[0] for t in warned.gate_trace]
+    assert ends == list(range(WINDOW, 201, WINDOW // 8))                 # a check every window/8 bytes
+    assert all(c < floors.floors["C"] for n, _k, c, _s in warned.gate_trace if n > start + WINDOW)
     assert torch.equal(warned.bits, plain.bits) and torch.equal(warned.probs, plain.probs)
     assert warned.gate_events and all(e.action == "warn" for e in warned.gate_events)
     sampled = model.generate(prompt, 9 * 120, temperature=1.0, seed=5)
