@@ -164,7 +164,8 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                                      None, f"Generating… {done:,} of {n_bytes:,} bytes "
                                            f"({time.perf_counter() - t0:.1f} s, seed {seed})", None)
     finally:
-        stream.close()
+        with torch.no_grad():  # closing runs the stream's own clean-up, which may set grad mode: keep it inside
+            stream.close()
     elapsed = time.perf_counter() - t0
     out_bits, out_ratio = gen.bits, None
 

@@ -87,6 +87,7 @@ def test_closing_a_stream_stops_the_generation(tiny_model, monkeypatch):
     next(stream)
     stream.close()
     assert len(made) == 1 and made[0] < demo.GEN_MAX_BYTES * 9
+    assert torch.is_grad_enabled()  # a stopped generation leaves this thread as it found it (training needs grad)
 
 
 def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
@@ -102,6 +103,7 @@ def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
             break
         results.append(box[0])
     assert len(results) >= 2 and results[-1].status.startswith(("✓", "⚠️ Generated")), results[-1].status
+    assert torch.is_grad_enabled()
     assert results[-1].bits == gen(tiny_model, n_bytes=40, temperature=0.8, seed=5).bits
 
 
