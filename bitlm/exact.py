@@ -165,6 +165,7 @@ class _Linear:
     b: torch.Tensor          # (out,) int64 at in_bits + w_bits
     shift: int
     clamp: int
+    in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = _mm(x.double(), self.w.t()) + self.b
@@ -194,7 +195,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor
             b = torch.round(b.double() * row_scale).to(torch.int64)
         bound = in_bound * int(wi.abs().sum(-1).max()) + int(b.abs().max())
         if bound < _SAFE:
-            return _Linear(wi.double(), b, acc - out_bits, out_clamp)
+            return _Linear(wi.double(), b, acc - out_bits, out_clamp, in_bound)
     raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
 
 

@@ -258,7 +258,7 @@ def _classic_decompress(method: int, payload: bytes, n: int) -> bytes:
     if len(out) != n:
         raise NeuralCodecError(f"the {name} payload gives {len(out)}{'+' if len(out) > n else ''} bytes, the header "
                                f"says {n} (corrupted or truncated file)")
-    if not done and method != LZMA:
+    if not done:
         raise NeuralCodecError(f"the {name} payload ends early (truncated file)")
     if rest:
         raise NeuralCodecError(f"{len(rest)} unexpected bytes after the {name} payload (corrupted file)")
@@ -339,11 +339,7 @@ def decompress_file(blob: bytes, model: BitTransformerLM | None, max_bytes: int 
         if model is None:
             raise NeuralCodecError("this file was compressed with a model (method neural); load that model to "
                                    "decompress it")
-        try:
-            loaded = neural_fingerprint(model)
-        except UnsupportedModelError as e:
-            raise NeuralCodecError(f"this file needs the model with fingerprint {h.fingerprint.hex()}; the loaded "
-                                   f"model cannot run the exact path ({e})") from e
+        loaded = neural_fingerprint(model)
         if loaded != h.fingerprint:
             raise NeuralCodecError(f"this file was compressed with model {h.fingerprint.hex()}, but the loaded model "
                                    f"is {loaded.hex()}; decompress it with the model that compressed it")

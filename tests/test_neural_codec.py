@@ -1,0 +1,193 @@
+"""The compressor's container: round trips of any bytes, never worse than the classics by more than the
+header, streams that decode in another process with another thread count and chunk layout, and a
+CodecError with a reason (never garbage) for wrong-model, truncated, corrupted and foreign input."""
+import bz2
+import lzma
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitlm import neural_codec as nc
+from bitlm.codec import CodecError
+from bitlm.model import BitLMConfig, BitTransformerLM
+from tests.exact_helpers import TINY_V2, fitted_tiny, input_set
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUTS = input_set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> BitTransformerLM:
+    return fitted_tiny()
+
+
+@pytest.fixture(scope="module")
+def saved(fitted, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fitted")
+    fitted.save_pretrained(path)
+    return path
+
+
+def best_classic(data: bytes) -> int:
+    return min(len(data), len(zlib.compress(data, 9)), len(bz2.compress(data, 9)), len(lzma.compress(data)))
+
+
+@pytest.mark.parametrize("name", INPUTS)
+def test_round_trip_and_never_worse_than_the_classics(fitted, name):
+    data = INPUTS[name]
+    result = nc.compress_file(data, fitted)
+    assert nc.decompress_file(result.blob, fitted) == data
+    assert len(result.blob) == min(result.sizes.values())
+    assert len(result.blob) <= nc.MAX_HEADER_BYTES + best_classic(data), result.sizes
+    assert nc.read_header(result.blob).method_name == result.method
+    assert nc.read_header(result.blob).size <= nc.MAX_HEADER_BYTES
+    neural = nc.compress_file(data, fitted, methods=("neural",))           # the neural path on every input
+    assert nc.decompress_file(neural.blob, fitted) == data
+    assert nc.read_header(neural.blob).size <= nc.MAX_HEADER_BYTES
+
+
+def test_neural_wins_on_held_out_text(fitted):
+    """The fitted model (seconds of training) beats every classic method on 400 bytes of text it has
+    never seen (held-out Shakespeare), and its payload is within 1 % (+ the coder's last words) of its
+    cross-entropy."""
+    result = nc.compress_file(INPUTS["shakespeare"][:400], fitted)
+    assert result.method == "neural", result.sizes
+    assert 8 * (len(result.blob) - nc.MAX_HEADER_BYTES) <= 1.01 * result.neural_ideal_bits + 64
+
+
+def test_header_stays_within_12_bytes_at_the_largest_length():
+    assert len(nc._pack_header(nc.NEURAL, nc.MAX_LENGTH, 0, b"ab")) == nc.MAX_HEADER_BYTES
+    h = nc.read_header(nc._pack_header(nc.NEURAL, nc.MAX_LENGTH, 7, b"ab"))
+    assert (h.method_name, h.length, h.fingerprint, h.crc, h.size) == ("neural", nc.MAX_LENGTH, b"ab", 7, 12)
+
+
+def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
+    """Two processes: one writes every input with 2 threads and chunks of 5 slots, the other with 1
+    thread and the default chunks; the streams are byte-identical and each decodes the other's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+
+    def worker(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "tests.exact_helpers", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    worker("encode", str(saved), str(a), "--threads", "2", "--chunk", "5")
+    worker("encode", str(saved), str(b), "--threads", "1")
+    for i in range(len(INPUTS)):
+        assert (a / f"{i}.blm").read_bytes() == (b / f"{i}.blm").read_bytes(), list(INPUTS)[i]
+    worker("decode", str(saved), str(a), "--threads", "1")
+    worker("decode", str(saved), str(b), "--threads", "2")
+
+
+def test_wrong_model_names_both(fitted):
+    blob = nc.compress_file(INPUTS["shakespeare"][:600], fitted, methods=("neural",)).blob
+    other = BitTransformerLM(BitLMConfig(**TINY_V2)).eval()
+    want, got = nc.neural_fingerprint(fitted).hex(), nc.neural_fingerprint(other).hex()
+    assert want != got
+    with pytest.raises(CodecError, match=f"compressed with model {want}, but the loaded model is {got}"):
+        nc.decompress_file(blob, other)
+    with pytest.raises(CodecError, match="load that model"):
+        nc.decompress_file(blob, None)
+    v1 = BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")).eval()
+    with pytest.raises(CodecError, match=f"but the loaded model is {nc.neural_fingerprint(v1).hex()}"):
+        nc.decompress_file(blob, v1)
+
+
+def test_v1_model_falls_back_to_the_classics():
+    v1 = BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")).eval()
+    result = nc.compress_file(b"text " * 50, v1)
+    assert "neural" not in result.sizes and "ALiBi" in result.neural_skipped
+    assert nc.decompress_file(result.blob, None) == b"text " * 50
+
+
+@pytest.mark.parametrize("method", nc.METHODS)
+def test_damage_never_gives_garbage(fitted, method):
+    """Every truncation and every flipped byte (one bit pattern per byte) raises CodecError or, where
+    the damage falls in bits the decoder never reads, still gives the exact original."""
+    data = INPUTS["shakespeare"][:60]
+    blob = nc.compress_file(data, fitted, methods=(method,)).blob
+    for cut in range(len(blob)):
+        with pytest.raises(CodecError):
+            nc.decompress_file(blob[:cut], fitted)
+    for i in range(len(blob)):
+        bad = bytearray(blob)
+        bad[i] ^= 0x5A
+        try:
+            out = nc.decompress_file(bytes(bad), fitted)
+        except CodecError:
+            continue
+        assert out == data, f"flipping byte {i} gave garbage"
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (b"", "too short"),
+    (b"PK\x03\x04 a zip file", "not a BitLM compressed file"),
+    (zlib.compress(b"hello"), "not a BitLM compressed file"),
+    (bytes([nc.MAGIC, 0x21, 5]) + b"\0" * 9, "unsupported BitLM container version 2"),
+    (bytes([nc.MAGIC, 0x1F, 5]) + b"\0" * 9, "unknown compression method 15"),
+    (bytes([nc.MAGIC, 0x10, 0x80, 0x80, 0x80, 0x80, 0x01]) + b"\0" * 4, "longer than 4 bytes"),
+    (bytes([nc.MAGIC, 0x10, 0x85]), "inside its length field"),
+])
+def test_foreign_input(fitted, blob, reason):
+    with pytest.raises(CodecError, match=reason):
+        nc.decompress_file(blob, fitted)
+
+
+def test_length_cap_is_checked_before_any_work(fitted):
+    """A header claiming the maximum length is refused by max_bytes before a byte is allocated or
+    decoded; within the cap, a stored payload shorter than claimed is refused too."""
+    huge = nc._pack_header(nc.STORED, nc.MAX_LENGTH, 0) + b"abc"
+    with pytest.raises(CodecError, match="over the limit"):
+        nc.decompress_file(huge, fitted)
+    with pytest.raises(CodecError, match="over the limit"):
+        nc.decompress_file(nc._pack_header(nc.NEURAL, 10 ** 6, 0, b"xy"), fitted, max_bytes=1000)
+    with pytest.raises(CodecError, match="gives 3 bytes, the header says 1000"):
+        nc.decompress_file(nc._pack_header(nc.STORED, 1000, 0) + b"abc", fitted)
+    bomb = nc.compress_file(b"\0" * 100_000, None, methods=("zlib",)).blob
+    forged = bytes([nc.MAGIC, 0x10 | nc.ZLIB]) + nc._varint(10) + bomb[nc.read_header(bomb).size - 4:]
+    with pytest.raises(CodecError, match=r"gives 11\+ bytes, the header says 10"):
+        nc.decompress_file(forged, fitted)
+
+
+def test_bad_arguments(fitted):
+    with pytest.raises(CodecError, match="needs bytes"):
+        nc.compress_file("text", fitted)
+    with pytest.raises(CodecError, match="methods"):
+        nc.compress_file(b"x", fitted, methods=("gzip",))
+    with pytest.raises(CodecError, match="must be bytes"):
+        nc.decompress_file(None, fitted)
+
+
+def test_progress_reaches_the_end(fitted):
+    seen = []
+    data = INPUTS["pydoc"]
+    blob = nc.compress_file(data, fitted, methods=("neural",), on_progress=lambda d, t: seen.append((d, t))).blob
+    assert seen[-1] == (len(data), len(data)) and seen == sorted(seen)
+    seen.clear()
+    assert nc.decompress_file(blob, fitted, on_progress=lambda d, t: seen.append((d, t))) == data
+    assert seen[-1] == (len(data), len(data))
+
+
+def test_lanes():
+    assert [nc.neural_lanes(n) for n in (0, 1, 511, 512, 767, 64 * 256, 10 ** 6)] == [1, 1, 1, 2, 2, 64, 64]
+    L, lens = nc._lane_layout(1000, 3)
+    assert L == 334 and lens.tolist() == [334, 334, 332]
+
+
+def test_app_names_still_work(fitted):
+    """The app's Codec tab calls the float path through these names until it moves to compress_file."""
+    enc = nc.encode_bytes(fitted, b"still here", kind=nc.KIND_TEXT)
+    assert nc.decompress_text(fitted, enc.stream) == "still here" and nc.HEADER_BYTES == 24
