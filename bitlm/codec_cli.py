@@ -151,6 +151,7 @@ def run(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the command, turning every failure into one line on stderr and status 1."""
     from bitlm.exact import ExactnessError
+    threads = torch.get_num_threads()
     try:
         return run(argv)
     except (CliError, CodecError, ExactnessError, OSError) as e:
@@ -160,3 +161,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bitlm.neural_codec: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)         # when called in-process, leave the caller's setting alone
