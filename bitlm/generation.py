@@ -86,6 +86,7 @@ def sample_bit(lp0: float, lp1: float, temperature: float, top_k: int | None, to
     return int(rng.random() < q1)
 
 
+@torch.no_grad()   # on a generator torch enters no_grad at every resume and at close(), in whichever thread
 def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                     stream_type: int = 0, use_cache: bool = True, chunk_bits: int | None = None,
@@ -124,51 +125,50 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
                           parity_set=parity_set, gate_events=list(watch.events) if watch else [], gate_stopped=stopped,
                           gate_trace=list(watch.trace) if watch else [])
 
-    was_training = model.training
+    was_training = model.training      # models the app shares between visitors are in eval mode: no switch
     model.eval()
     try:
-        with torch.no_grad():
-            while len(new) < n_bits:
-                lp0, lp1 = decoder.next_logprobs(seq)
-                t = len(seq)
-                if set_parity and t % p == PARITY_OFFSET:
-                    bit = sum(seq[t - PARITY_OFFSET:t]) & 1
-                else:
-                    bit = sample_bit(lp0, lp1, temperature, top_k, top_p, rng)
-                seq.append(bit)
-                new.append(bit)
-                probs.append(math.exp(lp1))
-                done = len(new) - first_frame
-                if watch and done > 0 and done % frame == 0 and watch.due(done // frame):
-                    n_bytes = done // frame
-                    hit = watch.check(new[first_frame:], probs[first_frame:], n_bytes)
-                    if hit is not None:
-                        metric, value = hit
-                        start = n_bytes - watch.window
-                        action = gate.mode
-                        if action == "retry" and watch.retries >= gate.max_retries:
-                            action = "stop"
-                        if action == "warn":
-                            watch.record(start, n_bytes, metric, value, "warn")
-                        else:       # roll back to the window's start: resample it, or end before it
-                            cut = first_frame + start * frame
-                            del new[cut:], probs[cut:], seq[n_prompt + cut:]
-                            decoder = BitDecoder(model, stream, use_cache)
-                            watch.reset(start)
-                            if action == "retry":
-                                watch.retries += 1
-                                temperature = watch.retry_temperature(metric, temperature)
-                                rng = random.Random(rng.getrandbits(64))
-                                watch.record(start, n_bytes, metric, value, "retry", temperature)
-                            else:
-                                watch.record(start, n_bytes, metric, value, "stop")
-                                stopped = True
-                                break
-                if len(new) >= next_yield and len(new) < n_bits:
-                    next_yield = len(new) + every
-                    model.train(was_training)
-                    yield result()
-                    model.eval()
+        while len(new) < n_bits:
+            lp0, lp1 = decoder.next_logprobs(seq)
+            t = len(seq)
+            if set_parity and t % p == PARITY_OFFSET:
+                bit = sum(seq[t - PARITY_OFFSET:t]) & 1
+            else:
+                bit = sample_bit(lp0, lp1, temperature, top_k, top_p, rng)
+            seq.append(bit)
+            new.append(bit)
+            probs.append(math.exp(lp1))
+            done = len(new) - first_frame
+            if watch and done > 0 and done % frame == 0 and watch.due(done // frame):
+                n_bytes = done // frame
+                hit = watch.check(new[first_frame:], probs[first_frame:], n_bytes)
+                if hit is not None:
+                    metric, value = hit
+                    start = n_bytes - watch.window
+                    action = gate.mode
+                    if action == "retry" and watch.retries >= gate.max_retries:
+                        action = "stop"
+                    if action == "warn":
+                        watch.record(start, n_bytes, metric, value, "warn")
+                    else:       # roll back to the window's start: resample it, or end before it
+                        cut = first_frame + start * frame
+                        del new[cut:], probs[cut:], seq[n_prompt + cut:]
+                        decoder = BitDecoder(model, stream, use_cache)
+                        watch.reset(start)
+                        if action == "retry":
+                            watch.retries += 1
+                            temperature = watch.retry_temperature(metric, temperature)
+                            rng = random.Random(rng.getrandbits(64))
+                            watch.record(start, n_bytes, metric, value, "retry", temperature)
+                        else:
+                            watch.record(start, n_bytes, metric, value, "stop")
+                            stopped = True
+                            break
+            if len(new) >= next_yield and len(new) < n_bits:
+                next_yield = len(new) + every
+                model.train(was_training)
+                yield result()
+                model.eval()
     finally:
         model.train(was_training)
     yield result()

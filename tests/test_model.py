@@ -353,6 +353,23 @@ def test_generate_stream_yields_growing_prefixes_of_generate():
         next(model.generate_stream(prompt, 10, chunk_bits=0))
 
 
+def test_generate_stream_resumes_in_another_thread_and_close_leaves_grad_mode_alone():
+    """Gradio resumes a streamed generation on other worker threads (grad mode is per thread), and
+    closing one early must not switch gradients off in the thread that closes it."""
+    import threading
+    model = make("p9")
+    it = model.generate_stream(text_to_bits("Hi"), 400, seed=2, chunk_bits=45)
+    first = next(it)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(next(it)))
+    worker.start()
+    worker.join()
+    assert out and out[0].bits.numel() == 90 and torch.equal(out[0].bits[:45], first.bits)
+    assert torch.is_grad_enabled()
+    it.close()
+    assert torch.is_grad_enabled()
+
+
 def test_cached_probs_equal_forward_on_the_generated_sequence():
     model = make("p9", block_size=144)
     prompt = text_to_bits("ab")[:13]
