@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="2: train each seed's twins side by side "
                     "in two processes (default: 1, one after the other)")
     ap.add_argument("--skip-equal-budget", action="store_true", help="only the shipped model and the compressors")
+    ap.add_argument("--skip-shipped", action="store_true", help="leave out the shipped model's own rows (e.g. to run "
+                    "the equal-budget comparison apart); its config still sets the twins' architecture")
     ap.add_argument("--preset", choices=list(PRESETS), help="schedule of the equal-budget training (default: the "
                     "preset whose model config is the shipped model's)")
     ap.add_argument("--max-bytes", type=int, help="score only the first N held-out bytes (quick checks; the "
@@ -212,12 +214,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "training split") + ("" if seconds is None else f" ({seconds:.0f} s)"), flush=True)
 
     half = model.config.block_size // 2
-    for label, stride in (("non-overlapping windows", None), (f"sliding windows, stride {half} bits", half)):
+    for label, stride in (() if args.skip_shipped else
+                          (("non-overlapping windows", None), (f"sliding windows, stride {half} bits", half))):
         t0 = time.perf_counter()
         r = evaluate_model(model, heldout, batch_size=args.batch_size, stride_bits=stride)
         add(f"shipped bit model, {label}", r["bits_per_byte"], model.num_params(), shipped_training,
             r["parity_loss"], time.perf_counter() - t0, is_shipped=True)
-    if model.config.pos != "learned" and model.config.local == "factorized":
+    if not args.skip_shipped and model.config.pos != "learned" and model.config.local == "factorized":
         t0 = time.perf_counter()
         r = evaluate_stream(model, heldout)
         add("shipped bit model, streaming (window slides, 16 lanes)", r["bits_per_byte"], model.num_params(),

@@ -114,6 +114,9 @@ def test_quality_bench_end_to_end(tiny_checkpoint, capsys):
 
     rows = quality.main(["--model", model, "--corpus", corpus, "--skip-equal-budget", "--max-bytes", "100"])
     assert len(rows) == 3 + len(installed) and "× byte model is left out" not in capsys.readouterr().out
+    rows = quality.main(["--model", model, "--corpus", corpus, "--skip-shipped", "--seeds", "1", "--minutes", "0.01",
+                         "--max-bytes", "100"])
+    assert not any(r["shipped"] for r in rows) and len(rows) == 4 + len(installed)
 
 
 def test_quality_bench_scores_the_whole_held_out_split(tiny_checkpoint, monkeypatch, capsys):
