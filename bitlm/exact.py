@@ -47,6 +47,7 @@ FREQ_TOTAL = (1 << 24) - 256  # the 256 frequencies of a byte sum to this; the c
 RES_CLAMP = 1 << (RES_BITS + 8)
 EXACT_VERSION = 1             # bump when any constant or rule above changes the frequencies
 _SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
+_HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
 
 # SHA-256 of the three lookup tables (exp for attention, exp for the head, GELU) as little-endian int64.
 # A machine whose float64 arithmetic is not IEEE-754 round-to-nearest would build other tables: refused.
@@ -137,9 +138,12 @@ def _rshift(x: torch.Tensor, s: int) -> torch.Tensor:
     return (x + (1 << (s - 1))) >> s
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact integer matmul of int-valued float64 tensors (the caller bounds every partial sum < 2^52)."""
-    return torch.matmul(a, b).to(torch.int64)
+def _fshift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """`_rshift` on an integer-valued float64 tensor below 2^52, in place: x / 2^s + 1/2 is exact
+    (a power-of-two scaling and an addition that fits 53 bits), then floor."""
+    if s <= 0:
+        return x.mul_(float(1 << -s))
+    return x.mul_(2.0 ** -s).add_(0.5).floor_()
 
 
 def _quantise(t: torch.Tensor, bits: int) -> torch.Tensor:
@@ -166,10 +170,18 @@ class _Linear:
     shift: int
     clamp: int
     in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
+    _bf: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = _mm(x.double(), self.w.t()) + self.b
-        return _rshift(y, self.shift).clamp_(-self.clamp, self.clamp)
+        y = torch.matmul(x.double(), self.w.t()).add_(self.bf)      # exact: integers below 2^52
+        return _fshift(y, self.shift).clamp_(-self.clamp, self.clamp).to(torch.int64)
+
+    @property
+    def bf(self) -> torch.Tensor:
+        """The bias as float64 (exact: |b| < 2^52)."""
+        if self._bf is None or self._bf.device != self.b.device:
+            self._bf = self.b.double()
+        return self._bf
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
@@ -247,6 +259,7 @@ class ExactPredictor:
             raise UnsupportedModelError(f"n_embd {C} > 4096 would overflow the integer layer norm")
         t = tables()
         self.att_exp, self.head_exp, self.gelu = t["att_exp"], t["head_exp"], t["gelu"]
+        self.att_exp_f = self.att_exp.double()
         self.n_head, self.head_dim, self.window = H, C // H, c.window
         self.ring = max(self.window - 2, 0)
         qk_bits = (51 - math.ceil(math.log2(self.head_dim))) // 2
@@ -286,7 +299,7 @@ class ExactPredictor:
             self.head = _linear(model.patch_emb.weight.detach().cpu()[pats], None, model.ln_f.weight, model.ln_f.bias,
                                 NORM_BITS, norm_bound, LOGIT_BITS, 1 << (LOGIT_BITS + 24))
         if self.device.type != "cpu":
-            for name in ("att_exp", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
+            for name in ("att_exp", "att_exp_f", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
                 setattr(self, name, getattr(self, name).to(self.device))
             for lin in [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]:
                 lin.w, lin.b = lin.w.to(self.device), lin.b.to(self.device)
@@ -317,32 +330,33 @@ class ExactPredictor:
         t = (c * c).sum(-1, keepdim=True) + eps
         return torch.round(c.double() * k / torch.sqrt(t.double())).to(torch.int64)
 
-    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: LaneState, layer: int,
-                   q_pos: torch.Tensor) -> torch.Tensor:
-        """(B, H, Q, hd) int64 q, k, v of the chunk's slots q_pos -> (B, H, Q, hd) attention outputs
-        over the sink, the ring and the chunk itself, with the ALiBi bias and window of `attention_bias`."""
-        qf, kf, vf = q.double(), k.double(), v.double()
-        groups = [(state.ring_k[layer], state.ring_v[layer], state.ring_pos), (kf, vf, q_pos)]
-        if state.sink_k[layer] is not None:
-            groups.insert(0, (state.sink_k[layer], state.sink_v[layer], torch.zeros(1, dtype=torch.int64, device=q.device)))
+    def _bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """(H, Q, K) int64 term added to the scores of queries at slots q_pos over keys at k_pos: -ALiBi
+        bias at LOGIT_BITS where visible (the rule of `bitlm.layers.attention_bias`), HIDDEN elsewhere."""
         W = self.window
-        scores = []
-        for kk, _, k_pos in groups:
-            s = _rshift(_mm(qf, kk.transpose(-1, -2)), 2 * ACT_BITS - LOGIT_BITS)       # (B, H, Q, K)
-            d = q_pos.view(-1, 1) - k_pos.view(1, -1)
-            sink = k_pos.view(1, -1) == 0
-            visible = (k_pos.view(1, -1) >= 0) & (d >= 0) & ((d <= W - 2) | sink)
-            dist = torch.where(sink, q_pos.view(-1, 1).clamp(max=W - 1), d)
-            bias = _rshift(self.slopes.view(-1, 1, 1) * dist, SLOPE_BITS - LOGIT_BITS)   # (H, Q, K)
-            scores.append((s - bias, visible))
-        top = torch.stack([torch.where(vis, s, torch.iinfo(torch.int64).min).amax(-1) for s, vis in scores]).amax(0)
+        d = q_pos.view(-1, 1) - k_pos.view(1, -1)
+        sink = k_pos.view(1, -1) == 0
+        visible = (k_pos.view(1, -1) >= 0) & (d >= 0) & ((d <= W - 2) | sink)
+        dist = torch.where(sink, q_pos.view(-1, 1).clamp(max=W - 1), d)
+        bias = _rshift(self.slopes.view(-1, 1, 1) * dist, SLOPE_BITS - LOGIT_BITS)
+        return torch.where(visible, -bias, _HIDDEN).double()
+
+    def _attention(self, q: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(B, H, Q, hd) int64 queries over key groups (keys, values: (B, H, K, hd) int-valued float64;
+        bias: (H, Q, K) from `_bias`) -> (B, H, Q, hd) outputs at ACT_BITS: scores at LOGIT_BITS, weights
+        from the exp table, then Σ e·v / Σ e (exact integer sums, one correctly rounded division). Held
+        in float64, every value here is an integer below 2^52 (hidden keys aside), so each op is exact."""
+        qf = q.double()
+        scores = [_fshift(torch.matmul(qf, kk.transpose(-1, -2)), 2 * ACT_BITS - LOGIT_BITS).add_(bias)
+                  for kk, _, bias in groups]
+        top = torch.stack([s.amax(-1) for s in scores]).amax(0).unsqueeze(-1)
         last = self.att_exp.numel() - 1
         num, den = 0, 0
-        for (s, vis), (_, vv, _) in zip(scores, groups):
-            e = self.att_exp[(top.unsqueeze(-1) - s).clamp(0, last).masked_fill(~vis, last)]
+        for s, (_, vv, _) in zip(scores, groups):
+            e = self.att_exp_f[s.neg_().add_(top).clamp_(max=last).to(torch.int64)]   # hidden keys: the final 0
             den = den + e.sum(-1, keepdim=True)
-            num = num + _mm(e.double(), vv)
-        return torch.round(num.double() / den.double()).to(torch.int64)
+            num = num + torch.matmul(e, vv)
+        return torch.round(num / den).to(torch.int64)
 
     def frequencies(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
         """Advance the lanes by n_slots slots and return (B, n_slots, 256) int64 frequencies of the byte
@@ -363,21 +377,27 @@ class ExactPredictor:
         C = H * hd
         keep = q_pos[q_pos > 0][-self.ring:] if self.ring else q_pos[:0]       # slots that join the ring
         rows = (keep - 1) % max(self.ring, 1)
+        bias_ring, bias_chunk = self._bias(q_pos, state.ring_pos), self._bias(q_pos, q_pos)
+        bias_sink = self._bias(q_pos, torch.zeros(1, dtype=torch.int64, device=dev))
         for i, blk in enumerate(self.blocks):
             qkv = blk.qkv(self._layer_norm(x, blk.ln1)).view(B, n_slots, 3, H, hd).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0].clamp(-self.qk_clamp, self.qk_clamp), qkv[1].clamp(-self.qk_clamp, self.qk_clamp), qkv[2].clamp(-self.v_clamp, self.v_clamp)
-            y = self._attention(q, k, v, state, i, q_pos)
+            kf, vf = k.double(), v.double()
+            groups = [(state.ring_k[i], state.ring_v[i], bias_ring), (kf, vf, bias_chunk)]
+            if state.sink_k[i] is not None:
+                groups.append((state.sink_k[i], state.sink_v[i], bias_sink))
+            y = self._attention(q, groups)
             x = (x + blk.proj(y.transpose(1, 2).reshape(B, n_slots, C))).clamp_(-RES_CLAMP, RES_CLAMP)
             u = blk.fc(self._layer_norm(x, blk.ln2))
             r = GELU_RANGE << ACT_BITS
             g = torch.where(u > r, u, torch.where(u < -r, torch.zeros_like(u), self.gelu[u.clamp(-r, r) + r]))
             x = (x + blk.out(g)).clamp_(-RES_CLAMP, RES_CLAMP)
             if s0 == 0:
-                state.sink_k[i], state.sink_v[i] = k[:, :, :1].double(), v[:, :, :1].double()
+                state.sink_k[i], state.sink_v[i] = kf[:, :, :1], vf[:, :, :1]
             if rows.numel():
                 sel = keep - s0
-                state.ring_k[i][:, :, rows] = k[:, :, sel].double()
-                state.ring_v[i][:, :, rows] = v[:, :, sel].double()
+                state.ring_k[i][:, :, rows] = kf[:, :, sel]
+                state.ring_v[i][:, :, rows] = vf[:, :, sel]
         if rows.numel():
             state.ring_pos[rows] = keep
         state.pos += n_slots
