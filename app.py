@@ -2,7 +2,8 @@
 
 This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
 the work is in `bitlm.demo`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10).
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
+BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors).
 The public endpoints are also an MCP server (/gradio_api/mcp/).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ LAUNCH_KWARGS = dict(
     mcp_server=True,
 )
 RUN_MINUTES = float(os.environ.get("BITLM_RUN_MINUTES", "10"))
+MODEL_DIR = os.environ.get("BITLM_MODEL_DIR", "assets")
 
 INTRO = """# BitLM — a language model that reads and writes bits
 Text becomes UTF-8 bytes, each byte 8 data bits plus an even-parity bit. Bit streams compress losslessly,
@@ -44,7 +46,7 @@ class AnyUpload(GradioRootModel):
     root: FileData | Any
 
 
-def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small", run_root: str | Path = "runs",
+def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small", run_root: str | Path = "runs",
                run_minutes: float = RUN_MINUTES) -> gr.Blocks:
     """The app. Takes: the shipped model's folder, the `PRESETS` name of the untrained fallback used when that
     folder holds no loadable model, the folder training runs are written under, and the wall-time cap of a
@@ -72,6 +74,14 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                                          info=f"0 to {demo.SEED_MAX:,}; empty = random")
                     compress = gr.Checkbox(True, label="Enable Compression", elem_id="enable-compression",
                                            info="compress the prompt's bits before the model and decompress its output")
+                    sizes, default_size = demo.gate_windows(api.shipped)
+                    with gr.Row():
+                        gate_mode = gr.Radio(list(demo.GATE_MODES), value="off", label="Safety gate (K/C/S)",
+                                             elem_id="gate-mode", info=demo.gate_info(api.shipped),
+                                             interactive=bool(sizes))
+                        gate_window = gr.Dropdown(sizes, value=default_size, label="Gate window (bytes)",
+                                                  elem_id="gate-window", interactive=bool(sizes), scale=0,
+                                                  min_width=160)
                     with gr.Row():
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                         gen_stop_btn = gr.Button("Stop", variant="stop", elem_id="generate-stop")
@@ -81,6 +91,9 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                         in_ratio = gr.Number(label="Input compression ratio", precision=3, elem_id="in-ratio")
                         out_ratio = gr.Number(label="Output compression ratio", precision=3, elem_id="out-ratio")
                     gen_status = gr.Markdown(label="Generation status", elem_id="gen-status")
+                    gate_plot = gr.Plot(label="Safety gate", show_label=False, elem_id="gate-plot")
+                    with gr.Accordion("Gate events", open=False):
+                        gate_events = gr.JSON(label="Gate events", elem_id="gate-events")
                     out_bits = gr.Textbox(label="Output bits (one group per byte frame; bits that complete a "
                                                 "mid-frame prompt come first, on a line of their own)",
                                           lines=6, elem_classes="bits", elem_id="out-bits")
@@ -113,6 +126,8 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                 loss_plot = gr.Plot(label="Loss", show_label=False, elem_id="loss-plot")
                 acc_plot = gr.Plot(label="Accuracy", show_label=False, elem_id="acc-plot")
                 ratio_plot = gr.Plot(label="Compression ratio", show_label=False, elem_id="ratio-plot")
+            with gr.Row():
+                kcs_plot = gr.Plot(label="Validation telemetry", show_label=False, elem_id="kcs-plot")
             metrics = gr.Dataframe(label="Metrics", max_height=300)
             files = gr.File(label="Downloads (metrics CSV, saved model)", file_count="multiple")
             timer = gr.Timer(1.0, active=False)
@@ -161,14 +176,16 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
             neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
             neural_table = gr.Dataframe(label="Bits per byte on this text")
 
-        gen_event = generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, visitor],
-                                       [out_text, out_bits, in_ratio, out_ratio, gen_status, visitor],
+        gen_event = generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, gate_mode,
+                                                      gate_window, visitor],
+                                       [out_text, out_bits, in_ratio, out_ratio, gen_status, gate_plot, gate_events,
+                                        visitor],
                                        api_name="generate", concurrency_limit=4, **RAW)
         gen_stop_btn.click(lambda: "⏹ Stopped. The text and bits above are what was generated until then.",
                            None, gen_status, cancels=[gen_event], api_visibility="private")
 
         upload.upload(lambda: "uploaded .txt", None, corpus, api_visibility="private")  # an upload means: train on it
-        train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics]
+        train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics, kcs_plot]
         refresh_btn.click(api.train_status, visitor, train_outputs, api_name="train_status", concurrency_limit=4)
         timer.tick(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden",
                    api_visibility="private", concurrency_limit=4)
@@ -176,8 +193,11 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
                         train_message, api_name="train_start", **RAW) \
             .then(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden", api_visibility="private")
         stop_btn.click(api.train_stop, visitor, train_message, api_name="train_stop")
-        use_btn.click(api.use_trained, visitor, [train_message, model_info, visitor], api_name="use_trained")
-        shipped_btn.click(api.use_shipped, visitor, [train_message, model_info, visitor], api_name="use_shipped")
+        # The gate's fields follow the visitor's model: its window sizes, or off when it has no floors.
+        use_btn.click(api.use_trained, visitor, [train_message, model_info, visitor], api_name="use_trained") \
+            .then(api.gate_controls, visitor, [gate_mode, gate_window], api_visibility="private")
+        shipped_btn.click(api.use_shipped, visitor, [train_message, model_info, visitor], api_name="use_shipped") \
+            .then(api.gate_controls, visitor, [gate_mode, gate_window], api_visibility="private")
         save_btn.click(api.save_model, visitor, [files, train_message], api_name="save_model")
         csv_btn.click(api.export_csv, visitor, [files, train_message], api_name="export_csv")
 
@@ -199,6 +219,7 @@ def build_demo(model_dir: str | Path = "assets", fallback_preset: str = "small",
         # A page opened later shows the visitor's model and their run, not the start-up state; a page closed
         # ends its visitor's run and removes their run folder.
         blocks.load(api.model_line, visitor, model_info, api_visibility="private")
+        blocks.load(api.gate_controls, visitor, [gate_mode, gate_window], api_visibility="private")
         blocks.load(api.train_refresh, visitor, [*train_outputs, timer], show_progress="hidden",
                     api_visibility="private")
         blocks.unload(api.end_session)

@@ -7,6 +7,7 @@ app keeps serving. `bitlm.endpoints` binds these to the calling visitor; `app.py
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from typing import Any, Callable, Iterator, NamedTuple
@@ -19,10 +20,12 @@ from bitlm import neural_codec, plots
 from bitlm.bits import decode_bits, format_bits, frame_bits, text_to_bits
 from bitlm.codec import HEADER_BITS, METHODS, CodecError, compress_bits, compression_ratio, decompress_bits, stream_info
 from bitlm.evaluate import classic_bits_per_byte
+from bitlm.gate import MODES as GATE_MODES
+from bitlm.gate import GateConfig, GateFloors, describe
 from bitlm.inputs import (InputError, friendly, log, ok, read_bits, read_choice, read_flag, read_float, read_int,
                           read_text, warn)
 from bitlm.model import model_output_decompress
-from bitlm.visitors import AppModel
+from bitlm.visitors import RECALIBRATE, AppModel
 
 # Input caps, shown in the UI next to the fields they limit.
 PROMPT_MAX_CHARS = 2_000
@@ -47,6 +50,11 @@ GROUPS_PER_LINE = 6
 STREAM_UPDATES = 50
 
 _LOWER_TEMPERATURE = "Try a lower temperature or another seed"
+# The gate window a request gets when it names none (bench/gate.py's default), if the model has floors for it.
+GATE_DEFAULT_WINDOW = 64
+GATE_MODES_EXPLAINED = ("off: no checks · warn: mark the spans below a floor, change nothing · retry: resample "
+                        "such a span (hotter after a loop, cooler after letter soup), twice at most, then stop · "
+                        "stop: end the text before it")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,6 +69,8 @@ class GenerateResult(NamedTuple):
     output_ratio: float | None
     status: str
     last: dict | None  # prompt and output bits for the Telemetry tab; None until the generation is complete
+    gate_chart: go.Figure | None = None  # C and S over the output, floors and triggers; None with the gate off
+    gate_events: list[dict] = []  # the gate's triggers (`bitlm.gate.GateEvent` as dicts), cumulative
 
 
 def _generate_failed(status: str) -> GenerateResult:
@@ -106,16 +116,69 @@ def read_seed(seed: Any) -> int:
     return read_int(seed, "seed", 0, SEED_MAX)
 
 
+def gate_windows(app_model: AppModel) -> tuple[list[int], int | None]:
+    """The window sizes (bytes) the model's gate has floors for, and the one a request naming none gets
+    (GATE_DEFAULT_WINDOW if calibrated, else the smallest); ([], None) for a model without floors."""
+    sizes = sorted(app_model.floors)
+    if not sizes:
+        return [], None
+    return sizes, GATE_DEFAULT_WINDOW if GATE_DEFAULT_WINDOW in sizes else sizes[0]
+
+
+def gate_info(app_model: AppModel) -> str:
+    """One line for the Generate tab's gate field: what the modes do and where the floors come from, or why
+    this model's gate is off."""
+    if not app_model.floors:
+        return f"Off for this model: {app_model.gate_note or 'it has no calibrated floors'}."
+    f = next(iter(app_model.floors.values()))
+    return f"{GATE_MODES_EXPLAINED}. Floors: the {f.quantile:g} quantile of K, C, S on {f.source or 'held-out text'}."
+
+
+def read_gate(app_model: AppModel, mode: Any, window: Any) -> GateConfig | None:
+    """The gate a request asks for: None when `mode` is "off" (the window is then not read), else a
+    `GateConfig` with the model's floors for `window` bytes (empty: `gate_windows`'s default).
+    Raises: `InputError` for an unknown mode or window, or a gate on a model without floors."""
+    mode = read_choice(mode, "gate mode", GATE_MODES)
+    if mode == "off":
+        return None
+    sizes, default = gate_windows(app_model)
+    if not sizes:
+        raise InputError(f"This model's safety gate is off: {app_model.gate_note or 'it has no calibrated floors'}",
+                         f"set the gate to “off”, or calibrate the model's folder with `{RECALIBRATE}`")
+    window = default if window is None or window == "" else read_int(window, "gate window", 1, 2**20)
+    if window not in sizes:
+        raise InputError(f"The gate has no floors for a {window}-byte window",
+                         f"choose one of {', '.join(map(str, sizes))} bytes")
+    return GateConfig(mode, app_model.floors[window])
+
+
+def _gate_line(gate: GateConfig, events: list, stopped: bool) -> str:
+    words = describe(events, stopped) or "no window fell below the floors"
+    return f"🛡️ Gate ({gate.mode}, {gate.floors.window}-byte window): {words}."
+
+
+def _gate_chart(gate: GateConfig | None, floors: GateFloors | None, trace: list, events: list,
+                n_bytes: int) -> go.Figure | None:
+    if gate is None:
+        return None
+    return plots.gate_figure(trace, floors.floors, events, n_bytes, floors.window)
+
+
 @friendly(_generate_failed)
 def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperature: Any, seed: Any,
-             compress: Any) -> Iterator[GenerateResult]:
+             compress: Any, gate_mode: Any = "off", gate_window: Any = None) -> Iterator[GenerateResult]:
     """Continue a prompt, streaming: yields the text and bits so far while the model samples, then the result.
 
     With `compress`, the prompt's bits are compressed and the model is fed the decompressed stream; the
     generated bits are compressed and passed through `model_output_decompress` before decoding. The codec is
     lossless, so the same seed gives the same text with compression on or off; the ratios show what it saved.
+    With a gate (`gate_mode` warn, retry or stop; `read_gate`), K/C/S of the last `gate_window` output bytes
+    are checked against the model's calibrated floors as it samples: every yield carries the gate's chart and
+    events, and its status says what the gate did; a retry rolls the output back, so a later yield can be
+    shorter than an earlier one (each yield replaces the last).
     Takes: the model, the prompt and its mode, bytes to generate (1..GEN_MAX_BYTES), temperature
-    (0..TEMPERATURE_MAX, 0 greedy), seed (empty → a random one, reported), compression on/off.
+    (0..TEMPERATURE_MAX, 0 greedy), seed (empty → a random one, reported), compression on/off, the gate's
+    mode and window.
     Yields: `GenerateResult`s, cumulative; ratios and `last` only in the final one. Failures come back as a
     status message, never an exception. Closing the iterator stops the generation.
     """
@@ -124,6 +187,8 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     temperature = read_float(temperature, "temperature", 0.0, TEMPERATURE_MAX)
     seed = read_seed(seed)
     compress = read_flag(compress, "Enable Compression setting")
+    gate = read_gate(app_model, gate_mode, gate_window)
+    floors = gate.floors if gate else None
     model = app_model.model
     parity = model.config.parity
     frame = frame_bits(parity)
@@ -146,7 +211,7 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     chunk_bytes = max(8, -(-n_bytes // STREAM_UPDATES))
     t0 = time.perf_counter()
     stream = model.generate_stream(bits, n_bytes * frame + skip, temperature=temperature, seed=seed,
-                                   chunk_bits=chunk_bytes * frame)
+                                   chunk_bits=chunk_bytes * frame, gate=gate)
     gen = None
     try:
         while True:
@@ -158,11 +223,14 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                 break
             gen = step
             done = max(gen.bits.numel() - skip, 0) // frame
-            if done < n_bytes:
+            if done < n_bytes and not gen.gate_stopped:
                 text = decode_bits(gen.bits[skip:skip + done * frame], parity=parity).text
+                status = f"Generating… {done:,} of {n_bytes:,} bytes ({time.perf_counter() - t0:.1f} s, seed {seed})"
+                if gen.gate_events:
+                    status += "\n\n" + _gate_line(gate, gen.gate_events, False)
                 yield GenerateResult(text, output_bits_text(gen.bits, min(skip, gen.bits.numel()), frame), in_ratio,
-                                     None, f"Generating… {done:,} of {n_bytes:,} bytes "
-                                           f"({time.perf_counter() - t0:.1f} s, seed {seed})", None)
+                                     None, status, None, _gate_chart(gate, floors, gen.gate_trace, gen.gate_events, done),
+                                     [dataclasses.asdict(e) for e in gen.gate_events])
     finally:
         with torch.no_grad():  # closing runs the stream's own clean-up, which may set grad mode: keep it inside
             stream.close()
@@ -182,7 +250,9 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                               "turn compression off if this repeats"))
 
     decoded = decode_bits(out_bits[skip:], parity=parity)
-    done = f"Generated {n_bytes:,} bytes in {elapsed:.2f} s (seed {seed})"
+    made = max(gen.bits.numel() - skip, 0) // frame
+    stopped = f" of {n_bytes:,} (the gate stopped it)" if gen.gate_stopped else ""
+    done = f"Generated {made:,} bytes{stopped} in {elapsed:.2f} s (seed {seed})"
     if decoded.ok:
         head = ok(f"{done}; they decode cleanly as UTF-8.")
     else:
@@ -190,9 +260,13 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                     f"shown with � marks. {_LOWER_TEMPERATURE}" + (", or turn compression off." if compress else "."))
     if parity:
         notes.append(f"The sampler set {gen.parity_set} parity bits from the data bits before them.")
+    if gate is not None:
+        notes.insert(0, _gate_line(gate, gen.gate_events, gen.gate_stopped))
     status = "\n\n".join([head, *notes])
     last = {"prompt_bits": bits, "new_bits": out_bits, "parity": parity}
-    yield GenerateResult(decoded.text, output_bits_text(out_bits, skip, frame), in_ratio, out_ratio, status, last)
+    yield GenerateResult(decoded.text, output_bits_text(out_bits, skip, frame), in_ratio, out_ratio, status, last,
+                         _gate_chart(gate, floors, gen.gate_trace, gen.gate_events, made),
+                         [dataclasses.asdict(e) for e in gen.gate_events])
 
 
 def generate_all(app_model: AppModel, *args: Any) -> GenerateResult:

@@ -14,7 +14,7 @@ import gradio as gr
 
 from bitlm import demo, plots
 from bitlm.inputs import friendly, log, ok, warn
-from bitlm.visitors import BUSY_HINT, AppModel, SharedTrainer, Visitor, read_train_request
+from bitlm.visitors import BUSY_HINT, AppModel, SharedTrainer, Visitor, read_train_request, telemetry_alert
 
 IDLE = "No training run yet. Pick a corpus and press Start."
 
@@ -54,7 +54,10 @@ class Endpoints:
     def _use_trained(self, visitor: Visitor) -> str:
         visitor.trained = self.trainer.trained_copy(visitor.id)
         visitor.use_trained = True
-        return ok("Your Generate, Telemetry and neural codec now use your trained model.")
+        sizes, _ = demo.gate_windows(visitor.trained)
+        gate = (f"Its safety gate is calibrated on your run's validation text ({', '.join(map(str, sizes))}-byte "
+                f"windows)." if sizes else f"Its safety gate is off: {visitor.trained.gate_note}.")
+        return ok(f"Your Generate, Telemetry and neural codec now use your trained model. {gate}")
 
     def use_shipped(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple[str, str, Visitor]:
         """Go back to the shipped model for your Generate, Telemetry and neural codec (your trained model is
@@ -65,11 +68,19 @@ class Endpoints:
                     + (" Your trained model is kept: “Use trained model” switches back." if visitor.trained else ""))
         return status, visitor.model(self.shipped).describe(), visitor
 
+    def gate_controls(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
+        """The Generate tab's gate fields for the visitor's model: the mode (only "off" without floors) and
+        the window sizes it has floors for."""
+        app_model = _visitor(visitor, request).model(self.shipped)
+        sizes, default = demo.gate_windows(app_model)
+        mode = gr.update(interactive=bool(sizes), info=demo.gate_info(app_model), **({} if sizes else {"value": "off"}))
+        return mode, gr.update(choices=sizes, value=default, interactive=bool(sizes))
+
     # --------------------------------------------------------------------------------------- generate
 
     def generate(self, prompt: Any, mode: Any = "text", n_bytes: Any = 48, temperature: Any = 0.8,
-                 seed: Any = None, compress: Any = True, visitor: Visitor | None = None,
-                 request: gr.Request | None = None) -> Iterator[tuple]:
+                 seed: Any = None, compress: Any = True, gate_mode: Any = "off", gate_window: Any = None,
+                 visitor: Visitor | None = None, request: gr.Request | None = None) -> Iterator[tuple]:
         """Continue a prompt with the bit-level language model; the text and bits stream as they are sampled.
 
         Args:
@@ -79,14 +90,24 @@ class Endpoints:
             temperature: sampling temperature from 0 (greedy) to 2.
             seed: a whole number from 0 to 4,294,967,295 for a reproducible sample; empty for a random one.
             compress: compress the prompt's bits before the model and decompress its output (lossless).
+            gate_mode: the K/C/S safety gate: "off" (default); "warn" marks spans whose last gate_window bytes fall
+                below the model's calibrated floors (C low: a repetition loop; S low: letter soup) and changes
+                nothing; "retry" resamples such a span hotter or cooler, twice at most, then stops; "stop" ends
+                the text before it. Needs a model with floors (gate.json); otherwise refused.
+            gate_window: the gate's window in bytes, one the model has floors for (e.g. 32, 64 or 128); empty
+                for 64 (or the smallest calibrated). Ignored when gate_mode is "off".
         Returns:
-            the text, the generated bits (one group per byte frame), the input and output compression ratios, and a status message.
+            the text, the generated bits (one group per byte frame), the input and output compression ratios, a
+            status message (with what the gate did, in words), a chart of C and S over the output with the
+            floors and the gate's spans (none when the gate is off), and the gate's events: a list of
+            {start, end, metric, value, floor, action, temperature} (output bytes [start, end)).
         """
         visitor = _visitor(visitor, request)
-        for result in demo.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed, compress):
+        for result in demo.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed, compress,
+                                    gate_mode, gate_window):
             if result.last is not None:
                 visitor.last = result.last
-            yield (*result[:5], visitor)
+            yield (*result[:5], result.gate_chart, result.gate_events, visitor)
 
     # -------------------------------------------------------------------------------------- telemetry
 
@@ -169,11 +190,12 @@ class Endpoints:
         return ok("Stopping after the current step…")
 
     def train_status(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
-        """Your training run's progress: a status line, loss, accuracy and compression-ratio charts, and the
-        metrics table (newest first).
+        """Your training run's progress: a status line (with the latest telemetry drift alert, if any), loss,
+        accuracy and compression-ratio charts, the metrics table (newest first), and the K, C, S of the
+        validation batch at each validation.
 
         Returns:
-            the status line, the three charts and the metrics table.
+            the status line, the three charts, the metrics table and the K/C/S chart.
         """
         return self.train_refresh(visitor, request)[:-1]
 
@@ -187,11 +209,13 @@ class Endpoints:
             status, rows, running = IDLE + (f" ({busy}.)" if busy else ""), [], False
         else:
             status, rows, running = run.status(), list(run.metrics), run.running
+            alert = telemetry_alert(rows)
+            status += f"\n\n{alert}" if alert else ""
         df = plots.metrics_frame(rows)
         # Newest row first and 4 significant digits: the live table is for reading, the CSV keeps everything.
         table = plots.json_safe(df.iloc[::-1]).map(_short)
         return (status, plots.loss_figure(df), plots.accuracy_figure(df), plots.ratio_figure(df), table,
-                gr.Timer(active=running))
+                plots.telemetry_figure(df), gr.Timer(active=running))
 
     @friendly(lambda status: (None, status))
     def save_model(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:

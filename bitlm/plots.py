@@ -191,3 +191,56 @@ def empty_figure(message: str) -> go.Figure:
     fig.update_layout(height=300, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       margin=dict(l=20, r=20, t=20, b=20))
     return fig
+
+
+# The gate's chart: C and S over the output, their floors, and the spans where the gate acted.
+GATE_SERIES = (("C", "C (repetition: low = a loop)", "#1f77b4"), ("S", "S (surprise: low = letter soup)", "#2ca02c"))
+GATE_ACTIONS = {"warn": ("marked (warn)", "#ff7f0e"), "retry": ("resampled (retry)", "#9467bd"),
+                "stop": ("stopped", "#d62728")}
+
+
+def gate_figure(trace: Sequence[Sequence[float]], floors: Mapping[str, float], events: Iterable[Any] = (),
+                n_bytes: int = 0, window: int | None = None) -> go.Figure:
+    """The safety gate's view of a generation: C and S of the window ending at each checked byte, each
+    metric's floor as a dashed line, and the spans where the gate acted as shaded bands.
+
+    Takes: the gate's trace, rows of (output bytes, K, C, S) (`Generation.gate_trace`); the floors
+    ({metric: value}, `GateFloors.floors`); the `GateEvent`s (anything with start, end and action); the
+    output length in bytes so far (the x range); the window size, for the title. Linear in its input:
+    one trace per metric, per floor and per kind of action (spans are rectangles of one trace, broken by
+    gaps). Returns: the figure, x = output byte.
+    """
+    rows = np.asarray(list(trace), dtype=float).reshape(-1, 4)
+    x_max = max(float(n_bytes), rows[:, 0].max() if rows.size else 0.0, 1.0)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for e in events:
+        spans.setdefault(e.action, []).append((e.start, e.end))
+        x_max = max(x_max, float(e.end))
+    top = max(1.2, float(np.nanmax(rows[:, 2:4])) + 0.05 if rows.size else 1.2)
+    fig = go.Figure()
+    for action, pairs in spans.items():
+        name, colour = GATE_ACTIONS.get(action, (action, "#7f7f7f"))
+        xs = [v for s, e in pairs for v in (s, e, e, s, s, None)]
+        ys = [v for _ in pairs for v in (0, 0, top, top, 0, None)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", fill="toself", name=name, fillcolor=colour,
+                                 opacity=0.25, line=dict(width=0, color=colour), hoverinfo="skip"))
+    for col, (metric, name, colour) in zip((2, 3), GATE_SERIES):
+        fig.add_trace(go.Scatter(x=rows[:, 0], y=rows[:, col], mode="lines", name=name, line=dict(color=colour)))
+        if metric in floors:
+            fig.add_trace(go.Scatter(x=[0, x_max], y=[floors[metric]] * 2, mode="lines", name=f"{metric} floor",
+                                     line=dict(color=colour, dash="dash", width=1), hoverinfo="skip"))
+    if not rows.size:
+        fig.add_annotation(text=f"the first check comes after {window or 'one window of'} bytes", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+    title = "Safety gate: C and S over the output" + (f" ({window}-byte window)" if window else "")
+    fig.update_layout(title=title, xaxis=dict(title="output byte", range=[0, x_max]), yaxis=dict(range=[0, top]),
+                      height=300, margin=dict(l=50, r=20, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.3, yanchor="top"))
+    return fig
+
+
+def telemetry_figure(df: pd.DataFrame) -> go.Figure:
+    """K, C and S of the validation batch at each validation (`val_K`, `val_C`, `val_S`): a jump between two
+    validations is what the training log's telemetry alert reports."""
+    return _line_figure(df, [("val_K", "K (certainty)", "#d62728"), ("val_C", "C (novelty)", "#1f77b4"),
+                             ("val_S", "S (symbiosis)", "#2ca02c")], "Validation telemetry", "K, C, S")

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import torch
 from bitlm import plots
 from bitlm.bits import frame_bits
 from bitlm.data import BUILTIN_CORPORA, Corpus, CorpusError, load_corpus, split_corpus
+from bitlm.evaluate import gate_windows
+from bitlm.gate import GateFloors, floors_from, load_floors
 from bitlm.inputs import InputError, ok, read_choice, read_float, read_flag, read_int, warn
 from bitlm.model import BitTransformerLM
 from bitlm.train import PRESETS, Trainer, make_configs
@@ -42,6 +44,13 @@ MULTITASK_DIRECT_PROB = 0.25
 # The app's run folders are named so; only those are ever removed (a CLI run elsewhere in runs/ is safe).
 RUN_PREFIX = "app-"
 BUSY_HINT = "try again when it has finished; Generate, Telemetry and Codec keep working meanwhile"
+# The safety gate of a model trained in the app: floors calibrated, when its visitor adopts it, on up to this
+# much of its run's validation text (a few seconds for the small preset), for each window size that has at
+# least GATE_MIN_WINDOWS windows there.
+GATE_WINDOWS = (32, 64, 128)
+GATE_CAL_MAX_CHARS = 32_768
+GATE_MIN_WINDOWS = 32
+RECALIBRATE = "python -m bitlm.gate calibrate --model <folder>"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -57,6 +66,8 @@ class AppModel:
     source: str
     notice: str = ""
     untrained: bool = False
+    floors: dict[int, GateFloors] = field(default_factory=dict)  # the safety gate's, by window size
+    gate_note: str = ""  # why there are no floors, when there are none
 
     def describe(self) -> str:
         """Markdown: the model in use, and the fallback notice if there is one."""
@@ -75,11 +86,20 @@ def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "sma
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no config.json in {path}/")
         model = BitTransformerLM.from_pretrained(str(path)).eval()
-        return AppModel(model, f"shipped model from `{path}/`")
     except Exception as e:  # a broken checkpoint must not stop the app from starting
         log.warning("could not load the model from %s (%s: %s); using a fresh %s model",
                     path, type(e).__name__, e, fallback_preset)
         reason = f"{type(e).__name__}: {e}"
+    else:
+        try:
+            floors = load_floors(path)
+            note = "" if floors else f"`{path}/` has no gate.json; make one with `{RECALIBRATE}`"
+            if not floors and model.config.pos == "learned":
+                note = "it is a v1 model (learned positions), which the gate cannot calibrate; use a v2 model"
+        except ValueError as e:
+            log.warning("%s; the gate is off", e)
+            floors, note = {}, f"{e}; remake it with `{RECALIBRATE}`"
+        return AppModel(model, f"shipped model from `{path}/`", floors=floors, gate_note=note)
     # A fixed seed makes the untrained fallback (and so every test against it) reproducible,
     # without touching the process-wide RNG.
     with torch.random.fork_rng():
@@ -88,7 +108,37 @@ def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "sma
     notice = warn(f"No trained model could be loaded from `{path}/` ({reason}).",
                   f"running a freshly initialised, untrained **{fallback_preset}** model, so its output is "
                   "random bits; train one in the Train tab and press “Use trained model”.")
-    return AppModel(model, f"untrained `{fallback_preset}` preset (fallback)", notice, untrained=True)
+    return AppModel(model, f"untrained `{fallback_preset}` preset (fallback)", notice, untrained=True,
+                    gate_note="the untrained fallback model has no calibrated floors")
+
+
+def calibrate_gate(model: BitTransformerLM, text: str, source: str) -> tuple[dict[int, GateFloors], str]:
+    """The safety gate's floors for a model from its own held-out text (each metric's 1st percentile over
+    windows of the first GATE_CAL_MAX_CHARS characters, as `python -m bitlm.gate calibrate` computes them).
+
+    Takes: the model, the text, and where the text comes from (kept in the floors). Returns: ({window bytes:
+    floors} for each of GATE_WINDOWS with at least GATE_MIN_WINDOWS windows, and "" or why there are none).
+    Never raises for a model or text that cannot be calibrated.
+    """
+    try:
+        cal = gate_windows(model, [text[:GATE_CAL_MAX_CHARS]], GATE_WINDOWS)
+    except ValueError as e:  # empty text, or a v1 model that cannot stream
+        return {}, f"the gate could not be calibrated on {source} ({e})"
+    floors = {w: floors_from(c, 0.01, source) for w, c in cal.items() if len(c.values["K"]) >= GATE_MIN_WINDOWS}
+    if not floors:
+        return {}, (f"{source} is too short to calibrate the gate (it needs {GATE_MIN_WINDOWS} windows of "
+                    f"{min(GATE_WINDOWS)} bytes); train on a longer text")
+    return floors, ""
+
+
+def telemetry_alert(rows: list[dict]) -> str:
+    """The latest telemetry drift alert of a run's metrics (`telemetry_alert` of a validation row) as one
+    line with its step, or "" when there is none."""
+    for row in reversed(rows):
+        alert = row.get("telemetry_alert")
+        if isinstance(alert, str) and alert:
+            return f"🔔 Step {row.get('step', '?'):,}: {alert}"
+    return ""
 
 
 @dataclass
@@ -200,9 +250,12 @@ class Run:
     to stop. When the thread ends, the run keeps the model and the metrics and lets go of the rest.
     """
 
-    def __init__(self, owner: str, trainer: Trainer, run_dir: Path, steps: int, label: str, time_limit_s: float):
+    def __init__(self, owner: str, trainer: Trainer, run_dir: Path, steps: int, label: str, time_limit_s: float,
+                 val_text: str = ""):
         self.owner, self.run_dir, self.steps, self.label = owner, run_dir, steps, label
         self.time_limit_s = time_limit_s
+        self.val_text = val_text[:GATE_CAL_MAX_CHARS]  # the gate calibrates on it when the model is adopted
+        self.gate: tuple[dict[int, GateFloors], str] | None = None  # calibrate_gate's answer, once computed
         self.trainer: Trainer | None = trainer
         self.model: BitTransformerLM = trainer.model
         self.metrics: list[dict] = trainer.metrics
@@ -354,8 +407,9 @@ class SharedTrainer:
             except Exception:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
+            val_text = "".join(split_corpus(request.corpus, config.val_fraction)[1])[:GATE_CAL_MAX_CHARS]
             run = Run(owner, trainer, run_dir, request.steps, f"{request.preset} preset on {request.corpus.name}",
-                      self.time_limit_s)
+                      self.time_limit_s, val_text)
             self._runs[owner] = self._active = run
             run.thread.start()
         log.info("training run %s started", run_dir.name)
@@ -380,10 +434,14 @@ class SharedTrainer:
         return run
 
     def trained_copy(self, owner: str) -> AppModel:
-        """A copy of the owner's finished model, theirs to generate with (training never touches it)."""
+        """A copy of the owner's finished model, theirs to generate with (training never touches it), with
+        its safety gate calibrated on the run's validation text (the first time it is adopted)."""
         run = self.finished_run(owner)
         model = copy.deepcopy(run.model).cpu().eval()
-        return AppModel(model, f"your trained model ({run.label}, {run.step:,} steps)")
+        if run.gate is None:
+            run.gate = calibrate_gate(model, run.val_text, f"the validation split of {run.label}")
+        floors, note = run.gate
+        return AppModel(model, f"your trained model ({run.label}, {run.step:,} steps)", floors=floors, gate_note=note)
 
     def end_session(self, owner: str) -> None:
         """The owner's session is over: stop their run if it is going and remove their run folder."""

@@ -69,3 +69,30 @@ def launch_app(model_dir, run_root, fallback_preset: str = "tiny", run_minutes: 
     url = f"http://127.0.0.1:{port}/"
     wait_until(lambda: serving(url), 30, what="the app to serve")
     return blocks, url
+
+
+def make_gated_model(folder, preset: str = "small"):
+    """Save an untrained v2 `preset` model (seed 0) in `folder` with a gate.json calibrated for it by the CLI
+    (`python -m bitlm.gate calibrate`, 16- and 32-byte windows) on held-out tails of four Shakespeare plays:
+    an app model with floors, whatever `assets/` holds. Greedy, it falls into a loop at once."""
+    import torch
+
+    from bitlm import gate
+    from bitlm.data import load_corpus
+    from bitlm.model import BitTransformerLM
+    from bitlm.train import PRESETS
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BitTransformerLM(PRESETS[preset][0]).save_pretrained(str(folder))
+    texts = folder.parent / f"{folder.name}-corpus"
+    texts.mkdir()
+    for i, doc in enumerate(load_corpus("shakespeare").documents[:4]):
+        (texts / f"{i}.txt").write_text(doc[:20_000], encoding="utf-8")
+    gate.main(["calibrate", "--model", str(folder), "--corpus", str(texts), "--windows", "16", "32"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gated_model_dir(tmp_path_factory):
+    """A model folder with calibrated gate floors (see `make_gated_model`)."""
+    return make_gated_model(tmp_path_factory.mktemp("gated") / "model")
