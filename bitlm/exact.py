@@ -224,18 +224,17 @@ class _Block:
 
 
 class LaneState:
-    """The context of B lanes stepped together: per layer the keys/values of BOS (the sink) and of the
-    last window - 2 slots (a ring: order never matters, sums are exact), and the next slot's index."""
+    """The context of B lanes stepped together: per layer the keys/values of the last window - 1 slots
+    (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
+    slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index."""
 
     def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
         self.lanes, self.pos = lanes, 0
-        H, hd, cap, L = pred.n_head, pred.head_dim, pred.ring, len(pred.blocks)
-        self.sink_k: list[torch.Tensor | None] = [None] * L
-        self.sink_v: list[torch.Tensor | None] = [None] * L
+        H, hd, rows, L = pred.n_head, pred.head_dim, pred.ring + 1, len(pred.blocks)
         dev = pred.device
-        self.ring_k = [torch.zeros(lanes, H, cap, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-        self.ring_v = [torch.zeros(lanes, H, cap, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-        self.ring_pos = torch.full((cap,), -1, dtype=torch.int64, device=dev)
+        self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+        self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+        self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
 
 
 class ExactPredictor:
@@ -261,7 +260,7 @@ class ExactPredictor:
         self.att_exp, self.head_exp, self.gelu = t["att_exp"], t["head_exp"], t["gelu"]
         self.att_exp_f = self.att_exp.double()
         self.n_head, self.head_dim, self.window = H, C // H, c.window
-        self.ring = max(self.window - 2, 0)
+        self.ring = max(self.window - 1, 0)        # slots a query can see besides BOS, itself included
         qk_bits = (51 - math.ceil(math.log2(self.head_dim))) // 2
         v_bits = 51 - ATT_EXP_BITS - math.ceil(math.log2(self.window + 2))
         if qk_bits < ACT_BITS + 4 or v_bits < ACT_BITS + 4:
@@ -374,31 +373,32 @@ class ExactPredictor:
             raise ValueError(f"{n_slots} slots from slot {s0} need {n_slots - (s0 == 0)} input bytes per lane")
         q_pos = torch.arange(s0, s0 + n_slots, device=dev)
         H, hd = self.n_head, self.head_dim
-        C = H * hd
+        C, r = H * hd, GELU_RANGE << ACT_BITS
         keep = q_pos[q_pos > 0][-self.ring:] if self.ring else q_pos[:0]       # slots that join the ring
         rows = (keep - 1) % max(self.ring, 1)
-        bias_ring, bias_chunk = self._bias(q_pos, state.ring_pos), self._bias(q_pos, q_pos)
-        bias_sink = self._bias(q_pos, torch.zeros(1, dtype=torch.int64, device=dev))
+        if s0 == 0:                                                              # BOS: the ring's last row
+            keep, rows = torch.cat([q_pos[:1], keep]), torch.cat([q_pos.new_full((1,), self.ring), rows])
+        one = n_slots == 1          # a step: its slot joins the ring first, and the ring is all it attends to
+        if one:
+            state.ring_pos[rows] = keep
+        bias_ring = self._bias(q_pos, state.ring_pos)
+        bias_chunk = None if one else self._bias(q_pos, q_pos)
+        sel = keep - s0
         for i, blk in enumerate(self.blocks):
             qkv = blk.qkv(self._layer_norm(x, blk.ln1)).view(B, n_slots, 3, H, hd).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0].clamp(-self.qk_clamp, self.qk_clamp), qkv[1].clamp(-self.qk_clamp, self.qk_clamp), qkv[2].clamp(-self.v_clamp, self.v_clamp)
-            kf, vf = k.double(), v.double()
-            groups = [(state.ring_k[i], state.ring_v[i], bias_ring), (kf, vf, bias_chunk)]
-            if state.sink_k[i] is not None:
-                groups.append((state.sink_k[i], state.sink_v[i], bias_sink))
-            y = self._attention(q, groups)
+            q, k = qkv[0].clamp(-self.qk_clamp, self.qk_clamp), qkv[1].clamp(-self.qk_clamp, self.qk_clamp)
+            kf, vf = k.double(), qkv[2].clamp(-self.v_clamp, self.v_clamp).double()
+            if one:
+                state.ring_k[i][:, :, rows], state.ring_v[i][:, :, rows] = kf, vf
+                y = self._attention(q, [(state.ring_k[i], state.ring_v[i], bias_ring)])
+            else:
+                y = self._attention(q, [(state.ring_k[i], state.ring_v[i], bias_ring), (kf, vf, bias_chunk)])
+                state.ring_k[i][:, :, rows], state.ring_v[i][:, :, rows] = kf[:, :, sel], vf[:, :, sel]
             x = (x + blk.proj(y.transpose(1, 2).reshape(B, n_slots, C))).clamp_(-RES_CLAMP, RES_CLAMP)
             u = blk.fc(self._layer_norm(x, blk.ln2))
-            r = GELU_RANGE << ACT_BITS
-            g = torch.where(u > r, u, torch.where(u < -r, torch.zeros_like(u), self.gelu[u.clamp(-r, r) + r]))
-            x = (x + blk.out(g)).clamp_(-RES_CLAMP, RES_CLAMP)
-            if s0 == 0:
-                state.sink_k[i], state.sink_v[i] = kf[:, :, :1], vf[:, :, :1]
-            if rows.numel():
-                sel = keep - s0
-                state.ring_k[i][:, :, rows] = kf[:, :, sel]
-                state.ring_v[i][:, :, rows] = vf[:, :, sel]
-        if rows.numel():
+            c = u.clamp(-r, r)                      # gelu = 0 below -r (the table's first entry), u above r
+            x = (x + blk.out(self.gelu[c + r] + (u - c).clamp_(min=0))).clamp_(-RES_CLAMP, RES_CLAMP)
+        if not one:
             state.ring_pos[rows] = keep
         state.pos += n_slots
         logits = self.head(self._layer_norm(x, self.ln_f))                            # (B, Q, 256)
