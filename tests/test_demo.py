@@ -16,8 +16,9 @@ from conftest import FAILED, assert_friendly
 # ------------------------------------------------------------------------------------------ generate
 
 
-def gen(model, prompt="Hello", mode="text", n_bytes=6, temperature=1.0, seed=3, compress=False):
-    return demo.generate_all(model, prompt, mode, n_bytes, temperature, seed, compress)
+def gen(model, prompt="Hello", mode="text", n_bytes=6, temperature=1.0, seed=3, compress=False, gate_mode="off",
+        gate_window=None):
+    return demo.generate_all(model, prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window)
 
 
 def frames_of(bits_text: str) -> list[str]:
@@ -226,6 +227,81 @@ def test_unexpected_errors_are_reported_and_logged(tiny_model, monkeypatch, capl
     result = gen(tiny_model)
     assert_friendly(result.status, "Unexpected error", "kaboom", "still running")
     assert "kaboom" in caplog.text and any(r.exc_info for r in caplog.records)  # a bug keeps its traceback
+
+
+# ------------------------------------------------------------------------------------------ the safety gate
+
+
+@pytest.fixture(scope="module")
+def gated(gated_model_dir):
+    """An untrained small model with calibrated floors (16- and 32-byte windows): greedy, it loops at once."""
+    from bitlm.visitors import load_app_model
+    return load_app_model(gated_model_dir)
+
+
+def looping(model, gate_mode, **kwargs):
+    return gen(model, "KING.\n", n_bytes=120, temperature=0, gate_mode=gate_mode, gate_window=16, **kwargs)
+
+
+def test_the_models_gate_windows_and_fields(gated, tiny_model):
+    assert demo.gate_windows(gated) == ([16, 32], 16)  # no 64: the smallest is the default
+    assert demo.gate_windows(tiny_model) == ([], None)
+    assert "warn: mark" in demo.gate_info(gated) and "0.01 quantile" in demo.gate_info(gated)
+    assert demo.gate_info(tiny_model).startswith("Off for this model: the untrained fallback")
+
+
+def test_warn_marks_a_greedy_loop_and_changes_no_bit(gated):
+    off, warned = looping(gated, "off"), looping(gated, "warn", compress=True)
+    assert (warned.bits, warned.text) == (off.bits, off.text)
+    assert off.gate_chart is None and off.gate_events == [] and "Gate" not in off.status
+    event = warned.gate_events[0]
+    assert event["metric"] == "C" and event["action"] == "warn" and event["value"] < event["floor"]
+    assert event["start"] < 16 and event["end"] > 16  # caught within the first windows
+    assert "🛡️ Gate (warn, 16-byte window): a repetition loop from byte " in warned.status
+    assert "marked 1 span" in warned.status
+    names = [t.name for t in warned.gate_chart.data]
+    assert "C floor" in names and "marked (warn)" in names
+    json.dumps(warned.gate_events, allow_nan=False)  # strict JSON for the API
+
+
+def test_the_gate_streams_its_chart_and_words(gated):
+    results = list(demo.generate(gated, "KING.\n", "text", 400, 0, 3, False, "warn", 16))
+    partial = [r for r in results[:-1] if r.gate_events]
+    assert partial and all("a repetition loop" in r.status for r in partial)
+    assert all(r.gate_chart is not None and r.status.startswith("Generating…") for r in results[:-1])
+    s_name = demo.plots.GATE_SERIES[1][1]
+    checks = [len(next(t for t in r.gate_chart.data if t.name == s_name).x) for r in results]  # grows with the text
+    assert checks == sorted(checks) and checks[-1] > checks[0]
+
+
+def test_stop_ends_the_text_before_the_loop_and_retry_says_how_often(gated):
+    stopped = looping(gated, "stop")
+    event = stopped.gate_events[-1]
+    assert event["action"] == "stop" and len(stopped.bits.split()) == event["start"]
+    assert f"Generated {event['start']} bytes of 120 (the gate stopped it)" in stopped.status
+    assert stopped.status.count("stopped") >= 2 and ": stopped." in stopped.status
+    retried = looping(gated, "retry")
+    assert retried.gate_events[0]["action"] == "retry" and retried.gate_events[0]["temperature"] > 0
+    assert "retried " in retried.status
+
+
+BAD_GATE = [
+    ({"gate_mode": "loud"}, "Unknown gate mode"),
+    ({"gate_mode": None}, "Unknown gate mode"),
+    ({"gate_mode": "warn", "gate_window": 64}, "no floors for a 64-byte window"),
+    ({"gate_mode": "warn", "gate_window": "wide"}, "gate window must be a number"),
+    ({"gate_mode": "warn", "gate_window": 16.5}, "whole number"),
+]
+
+
+@pytest.mark.parametrize("kwargs,fragment", BAD_GATE, ids=[f"gate-{i}" for i in range(len(BAD_GATE))])
+def test_bad_gate_input_gets_a_friendly_message(gated, kwargs, fragment):
+    assert_friendly(gen(gated, **kwargs).status, fragment)
+
+
+def test_a_model_without_floors_refuses_the_gate_and_ignores_the_window_when_off(tiny_model):
+    assert_friendly(gen(tiny_model, gate_mode="warn").status, "safety gate is off", "python -m bitlm.gate calibrate")
+    assert gen(tiny_model, gate_mode="off", gate_window="anything").bits  # off: the window is not read
 
 
 # ------------------------------------------------------------------------------------------ telemetry

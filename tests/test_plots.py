@@ -136,3 +136,58 @@ def test_metrics_frame_round_trips_through_csv(tmp_path):
     df.to_csv(tmp_path / "m.csv", index=False)
     back = pd.read_csv(tmp_path / "m.csv")
     assert back["compression_ratio"].tolist()[1:] == [1.2, 1.3]
+
+
+# ------------------------------------------------------------------------------------------ the gate
+
+
+def gate_trace(n_checks: int) -> list[tuple[int, float, float, float]]:
+    return [(16 + 2 * i, 0.1, 0.9 - 0.5 * (i > n_checks // 2), 0.7) for i in range(n_checks)]
+
+
+def test_gate_figure_draws_c_s_their_floors_and_the_trigger_spans():
+    from bitlm.gate import GateEvent
+    events = [GateEvent(20, 36, "C", 0.3, 0.8, "retry", 0.4), GateEvent(40, 56, "C", 0.3, 0.8, "retry", 0.8),
+              GateEvent(60, 76, "C", 0.3, 0.8, "stop")]
+    fig = plots.gate_figure(gate_trace(30), {"K": 0.01, "C": 0.8, "S": 0.5}, events, n_bytes=80, window=16)
+    c, s = trace(fig, plots.GATE_SERIES[0][1]), trace(fig, plots.GATE_SERIES[1][1])
+    assert list(c.x) == [16 + 2 * i for i in range(30)] and c.y[0] == 0.9 and s.y[0] == 0.7
+    assert list(trace(fig, "C floor").y) == [0.8, 0.8] and list(trace(fig, "S floor").y) == [0.5, 0.5]
+    assert list(trace(fig, "C floor").x) == [0, 80]  # across the whole output
+    retries = trace(fig, "resampled (retry)")
+    assert retries.fill == "toself" and [x for x in retries.x if x is not None] == [20, 36, 36, 20, 20, 40, 56, 56, 40, 40]
+    assert [x for x in trace(fig, "stopped").x if x is not None] == [60, 76, 76, 60, 60]
+    assert "16-byte window" in fig.layout.title.text and not fig.layout.shapes
+    json.loads(fig.to_json(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+
+
+def test_gate_figure_before_the_first_check_says_when_it_comes():
+    fig = plots.gate_figure([], {"C": 0.8, "S": 0.5}, [], n_bytes=5, window=32)
+    assert "after 32 bytes" in fig.layout.annotations[0].text
+    assert list(trace(fig, "C floor").y) == [0.8, 0.8]
+
+
+def test_gate_figure_is_linear_in_its_input():
+    """A trace per series and per kind of action, never a shape per event: 10× the checks and events cost
+    about what 1× does (it is redrawn at every streamed update)."""
+    from bitlm.gate import GateEvent
+
+    def seconds(n: int) -> float:
+        events = [GateEvent(4 * i, 4 * i + 2, "C", 0.1, 0.5, "warn") for i in range(n // 4)]
+        t0 = time.perf_counter()
+        plots.gate_figure(gate_trace(n), {"C": 0.5, "S": 0.5}, events, 2 * n + 16, 16).to_json()
+        return time.perf_counter() - t0
+    seconds(10)  # warm-up
+    small, large = min(seconds(100) for _ in range(3)), min(seconds(1000) for _ in range(3))
+    assert large < 3 * small + 0.05, (small, large)
+
+
+def test_telemetry_figure_draws_validation_k_c_s():
+    df = plots.metrics_frame([{"step": 10, "raw_loss": 1.0},
+                              {"step": 20, "val_K": 0.2, "val_C": 0.8, "val_S": 0.6, "telemetry_alert": ""},
+                              {"step": 40, "val_K": 0.3, "val_C": 0.7, "val_S": 0.7,
+                               "telemetry_alert": "telemetry drift since step 20: K 0.200 → 0.300"}])
+    fig = plots.telemetry_figure(df)
+    assert [t.name for t in fig.data] == ["K (certainty)", "C (novelty)", "S (symbiosis)"]
+    assert list(fig.data[0].x) == [20, 40] and list(fig.data[2].y) == [0.6, 0.7]
+    assert plots.telemetry_figure(plots.metrics_frame([])).layout.annotations[0].text == "no data yet"

@@ -74,8 +74,9 @@ class Session:
     def model_line(self) -> str:
         return self.api.model_line(self.state, self.request)
 
-    def generate(self, seed=3) -> str:
-        *_, final = self.api.generate("Hello", "text", 12, 1.0, seed, False, self.state, self.request)
+    def generate(self, seed=3, **gate) -> str:
+        *_, final = self.api.generate("Hello", "text", 12, 1.0, seed, False, **gate, visitor=self.state,
+                                      request=self.request)
         self.state = final[-1]
         return final[1]
 
@@ -110,10 +111,11 @@ def test_training_run_end_to_end(a, tmp_path):
     assert a.status()[0].startswith("No training run yet")
     assert a.start(steps=20, multitask=True).startswith("✓")
     finish(a)
-    status, loss, acc, ratio, table, timer = a.status()
+    status, loss, acc, ratio, table, kcs, timer = a.status()
     assert status.startswith("✓ Training finished at step 20/20"), status
     assert table["step"].tolist() == [20, 10] and timer.active is False  # newest first
     assert {t.name for t in loss.data} >= {"raw", "compressed", "direct (reads stream)"}
+    assert [t.name for t in kcs.data] == ["K (certainty)", "C (novelty)", "S (symbiosis)"]  # the validation at 20
 
     files, status = a.api.export_csv(a.state, a.request)
     assert status.startswith("✓") and pd.read_csv(files[0])["step"].tolist() == [10, 20]
@@ -132,6 +134,37 @@ def test_a_visitors_trained_model_is_theirs_alone(a, b):
     assert b.model_line() == shipped_line and b.generate() == shipped_bits
     assert a.state.trained.model is not a.api.trainer.run_of("visitor-a").model  # a copy: training never touches it
     assert_friendly(b.use_trained(), "no trained model")  # A's run is not B's to use
+
+
+def test_an_adopted_model_gets_its_gate_calibrated_on_its_validation_text(a):
+    assert a.api.gate_controls(a.state, a.request)[0]["interactive"] is False  # the fallback has no floors
+    assert a.start(steps=20).startswith("✓")
+    finish(a)
+    status = a.use_trained()
+    assert status.startswith("✓") and "safety gate is calibrated on your run's validation text" in status
+    floors = a.state.trained.floors
+    assert sorted(floors) == list(visitors.GATE_WINDOWS) and "validation split of tiny preset on pydoc" in floors[32].source
+    assert a.api.trainer.run_of("visitor-a").gate[0] is floors  # calibrated once per run
+    mode, window = a.api.gate_controls(a.state, a.request)
+    assert mode["interactive"] is True and window["choices"] == [32, 64, 128] and window["value"] == 64
+    assert a.generate(gate_mode="warn", gate_window=32)  # the gate runs on the trained model
+    a.use_shipped()
+    assert a.api.gate_controls(a.state, a.request)[0]["value"] == "off"
+    a.api.trainer.run_of("visitor-a").metrics.append({"step": 21, "telemetry_alert": "telemetry drift: S 0.5 → 0.6"})
+    assert a.status()[0].endswith("\n\n🔔 Step 21: telemetry drift: S 0.5 → 0.6")  # in the Train tab's status
+
+
+def test_too_little_validation_text_leaves_the_gate_off_with_the_reason(tiny_model):
+    floors, note = visitors.calibrate_gate(tiny_model.model, "short text", "your upload")
+    assert floors == {} and "your upload is too short to calibrate the gate" in note
+    assert visitors.calibrate_gate(tiny_model.model, "", "nothing")[1].startswith("the gate could not be calibrated")
+
+
+def test_the_latest_telemetry_alert_is_shown_with_its_step():
+    rows = [{"step": 100, "telemetry_alert": ""}, {"step": 200, "telemetry_alert": "telemetry drift since step 100: S 0.5 → 0.6"},
+            {"step": 250}, {"step": 300, "telemetry_alert": ""}]
+    assert visitors.telemetry_alert(rows) == "🔔 Step 200: telemetry drift since step 100: S 0.5 → 0.6"
+    assert visitors.telemetry_alert(rows[:1]) == "" and visitors.telemetry_alert([]) == ""
 
 
 def test_back_and_forth_between_models(b):
