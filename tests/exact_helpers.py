@@ -9,6 +9,7 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bitlm.bits import bytes_to_bits
@@ -16,6 +17,16 @@ from bitlm.data import load_corpus, split_corpus
 from bitlm.model import BitLMConfig, BitTransformerLM
 
 TINY_V2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=9 * 64, attn_window=32)   # window < inputs: it slides
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for the module that imports this (coding steps are tiny; a shared 2-core
+    machine only spin-waits with more), the caller's setting restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def held_out(corpus: str, n: int) -> bytes:

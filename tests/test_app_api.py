@@ -35,8 +35,16 @@ def client(url, tmp_path_factory):
     return new_client(url, tmp_path_factory)
 
 
-def generate(client, prompt="To be", mode="text", n_bytes=8, temperature=0.8, seed=7, compress=True):
-    return client.predict(prompt, mode, n_bytes, temperature, seed, compress, api_name="/generate")
+def generate(client, prompt="To be", mode="text", n_bytes=8, temperature=0.8, seed=7, compress=True,
+             gate_mode="off", gate_window=None):
+    """The text, bits, ratios and status of a generation (`generate_gated` also returns the gate's chart and events)."""
+    return generate_gated(client, prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window)[:5]
+
+
+def generate_gated(client, prompt="To be", mode="text", n_bytes=8, temperature=0.8, seed=7, compress=True,
+                   gate_mode="off", gate_window=None):
+    return client.predict(prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window,
+                          api_name="/generate")
 
 
 def train_start(client, corpus="pydoc", upload=None, preset="tiny", steps=20, prob=0.5, multitask=False):
@@ -104,6 +112,38 @@ def test_neural_codec_endpoint(client):
     assert client.predict("ok", api_name="/neural_compress")[1].startswith("✓")
 
 
+# --------------------------------------------------------------------------------------- the safety gate
+
+
+@pytest.fixture(scope="module")
+def gated_client(gated_model_dir, tmp_path_factory):
+    """A client of an app whose model has calibrated gate floors (16 and 32 bytes), whatever assets/ holds."""
+    blocks, url = launch_app(gated_model_dir, tmp_path_factory.mktemp("runs"))
+    yield new_client(url, tmp_path_factory)
+    blocks.close()
+
+
+def test_generate_with_the_gate_returns_its_events_chart_and_words(gated_client):
+    api = gated_client.view_api(return_format="dict")["named_endpoints"]["/generate"]
+    params = {p["parameter_name"]: p for p in api["parameters"]}
+    assert params["gate_mode"]["parameter_default"] == "off" and params["gate_window"]["parameter_has_default"]
+    off = generate_gated(gated_client, "KING.\n", n_bytes=96, temperature=0, gate_mode="off")
+    text, bits, _, _, status, chart, events = generate_gated(gated_client, "KING.\n", n_bytes=96, temperature=0,
+                                                             gate_mode="warn", gate_window=16)
+    assert (text, bits) == off[:2] and off[6] == [] and off[5] is None  # warn changes no bit
+    assert events and events[0]["metric"] == "C" and events[0]["action"] == "warn"
+    assert set(events[0]) == {"start", "end", "metric", "value", "floor", "action", "temperature"}
+    assert f"a repetition loop from byte {events[0]['start']}: marked 1 span" in status
+    assert '"C floor"' in chart["plot"] and '"marked (warn)"' in chart["plot"]
+    *_, status, chart, events = generate_gated(gated_client, "KING.\n", n_bytes=96, temperature=0, gate_mode="stop")
+    assert events[-1]["action"] == "stop" and "(the gate stopped it)" in status and "stopped." in status
+
+
+def test_a_model_without_floors_refuses_the_gate(client):
+    status = generate(client, gate_mode="warn")[4]
+    assert is_friendly(status) and "safety gate is off" in status and "python -m bitlm.gate calibrate" in status
+
+
 # --------------------------------------------------------------------------------------- two visitors
 
 
@@ -137,8 +177,8 @@ def test_two_visitors_own_their_models_and_runs(url, tmp_path_factory):
 def test_training_endpoints(client):
     assert train_start(client, steps=20, multitask=True).startswith("✓")
     wait_until(lambda: "finished" in train_status(client)[0], 120, what="the run to finish")
-    status, loss, acc, ratio, table = train_status(client)
-    assert "finished at step 20/20" in status
+    status, loss, acc, ratio, table, kcs = train_status(client)
+    assert "finished at step 20/20" in status and '"S (symbiosis)"' in kcs["plot"]
     df = pd.DataFrame(table["data"], columns=table["headers"])
     assert df["step"].tolist() == [20, 10]  # newest first
     assert '"raw"' in loss["plot"] and '"compressed"' in loss["plot"]
@@ -181,7 +221,9 @@ WRONG = {"a number for text": 12.5, "text for a number": "abc", "NaN": math.nan,
 # endpoint: (valid arguments, index of the status in the answer, what may legitimately succeed)
 ENDPOINTS = {
     # 'abc' is a fine prompt or text; an empty seed means a random one; an empty layer or head means 0
-    "generate": (["To be", "text", 8, 0.8, 1, True], 4, {(0, "text for a number"), (4, "None"), (4, "''")}),
+    # with the gate off its window is not read; this app's model has no floors, so any gate on is refused
+    "generate": (["To be", "text", 8, 0.8, 1, True, "off", None], 4,
+                 {(0, "text for a number"), (4, "None"), (4, "''"), *((7, w) for w in WRONG)}),
     "telemetry": (["text below", "Hello", "decompressed bits", 0, 0], 4,
                   {(1, "text for a number"), (3, "None"), (4, "None")}),
     "train_start": (["uploaded .txt", None, "tiny", 5, 0.5, False], 0, set()),  # the upload is read last

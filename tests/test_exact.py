@@ -9,15 +9,7 @@ import torch
 from bitlm import exact
 from bitlm.bits import bytes_to_bits
 from bitlm.model import BitLMConfig, BitTransformerLM
-from tests.exact_helpers import TINY_V2, fitted_tiny, held_out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.exact_helpers import TINY_V2, fitted_tiny, held_out, one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,10 @@ import torch
 from bitlm import neural_codec as nc
 from bitlm.codec import CodecError
 from bitlm.model import BitLMConfig, BitTransformerLM
-from tests.exact_helpers import TINY_V2, fitted_tiny, input_set
+from tests.exact_helpers import TINY_V2, fitted_tiny, input_set, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUTS = input_set()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
