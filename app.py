@@ -62,7 +62,7 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
             with gr.Row():
                 with gr.Column():
                     mode = gr.Radio(list(demo.PROMPT_MODES), value="text", label="Prompt mode")
-                    prompt = gr.Textbox("To be, or not to be", lines=4, label="Prompt",
+                    prompt = gr.Textbox("To be, or not to be", lines=4, label="Prompt", elem_id="prompt",
                                         info=f"Text up to {demo.PROMPT_MAX_CHARS:,} characters, or up to "
                                              f"{demo.PROMPT_MAX_BITS:,} bits (0/1, spaces allowed)")
                     with gr.Row():

@@ -154,7 +154,7 @@ def read_gate(app_model: AppModel, mode: Any, window: Any) -> GateConfig | None:
 
 def _gate_line(gate: GateConfig, events: list, stopped: bool) -> str:
     words = describe(events, stopped) or "no window fell below the floors"
-    return f"🛡️ Gate ({gate.mode}, {gate.floors.window}-byte window): {words}."
+    return f"**Safety gate** ({gate.mode}, {gate.floors.window}-byte window): {words}."
 
 
 def _gate_chart(gate: GateConfig | None, floors: GateFloors | None, trace: list, events: list,

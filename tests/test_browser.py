@@ -3,6 +3,8 @@
 Generate with "Enable Compression" (streamed, and stopped mid-way), train and watch the loss chart draw,
 draw the attention heatmap; two visitors in two browser contexts sharing the one trainer; every refusal
 of Start staying on screen; and a fresh clone launched as the README says training on Shakespeare.
+The safety gate on: its live chart while the text streams, and a greedy loop named in the status (on a model
+with floors calibrated by the fixture, or with BITLM_GATE_MODEL=assets the shipped model and its gate.json).
 Screenshots go to test-output/; with BITLM_SCREENSHOT=1 the app loads the shipped model from assets/ and
 the Generate tab's screenshot is also saved as assets/screenshot.png (the README's picture).
 """
@@ -37,6 +39,16 @@ def app_url(tmp_path_factory):
     BITLM_SCREENSHOT=1 the shipped model as `python app.py` runs it."""
     model_dir = os.path.relpath(ROOT / "assets") if os.environ.get("BITLM_SCREENSHOT") == "1" \
         else tmp_path_factory.mktemp("no-model")
+    blocks, url = launch_app(model_dir, tmp_path_factory.mktemp("runs"), "small")
+    yield url
+    blocks.close()
+
+
+@pytest.fixture(scope="module")
+def gated_url(tmp_path_factory, gated_model_dir):
+    """The app on a model with gate floors: an untrained small model calibrated by the fixture (greedy, it
+    loops at once), or the folder BITLM_GATE_MODEL names (e.g. assets, to try the shipped model by hand)."""
+    model_dir = os.environ.get("BITLM_GATE_MODEL") or gated_model_dir
     blocks, url = launch_app(model_dir, tmp_path_factory.mktemp("runs"), "small")
     yield url
     blocks.close()
@@ -142,6 +154,36 @@ def test_generation_streams_and_stops(page):
     time.sleep(2)
     assert len(page.locator("#out-bits textarea").input_value().split()) == shown < 2000  # it stopped
     assert "Stopped" in text_of(page, "gen-status")
+
+
+def test_the_gate_draws_its_live_chart_and_names_a_greedy_loop(browser, gated_url):
+    page = visit(browser, gated_url)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("CLEOPATRA.\n")
+    page.get_by_label("Temperature").first.fill("0")
+    page.get_by_label("Bytes to generate").first.fill("2000")
+    page.locator("#gate-mode").get_by_text("warn", exact=True).click()
+    page.locator("#generate-btn").click()
+    page.locator("#gen-status").get_by_text("Generating…").wait_for()
+    # Live: C, S, their floors (and the marked span) are drawn while the text still streams.
+    page.wait_for_function("() => document.querySelectorAll('#gate-plot .scatterlayer .trace').length >= 4",
+                           timeout=60_000)
+    page.locator("#gate-plot").get_by_text("C floor").wait_for()
+    assert "Generating…" in text_of(page, "gen-status")
+    page.locator("#gen-status").get_by_text("a repetition loop from byte").wait_for(timeout=60_000)
+    assert "Generating…" in text_of(page, "gen-status")  # said while it streams
+    page.screenshot(path=str(OUT / "gate-streaming.png"), full_page=True)
+    page.locator("#generate-stop").click()
+    page.locator("#gen-status").get_by_text("Stopped").wait_for()
+
+    page.get_by_label("Bytes to generate").first.fill("200")
+    page.locator("#gate-mode").get_by_text("retry", exact=True).click()
+    page.locator("#generate-btn").click()
+    wait_done(page, "gen-status")
+    status = text_of(page, "gen-status")
+    assert "Safety gate (retry" in status and "a repetition loop from byte" in status and "retried" in status, status
+    page.screenshot(path=str(OUT / "gate-retry.png"), full_page=True)
+    page.context.close()
 
 
 def test_training_draws_the_loss_chart_and_stops(page):
