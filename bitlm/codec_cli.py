@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (config.json + model.safetensors; "
                                                                    "default: the shipped model in assets/)")
         s.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the output does not depend on it)")
+        s.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N "
+                                                       "(the output does not depend on it)")
         s.add_argument("--force", action="store_true", help="overwrite an existing output file")
         if name == "compress":
             s.add_argument("--classic", action="store_true", help="classic methods only (no model needed)")
@@ -113,6 +115,12 @@ def run(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         raise CliError(f"--threads must be ≥ 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CliError(f"--device {args.device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise CliError(f"--device {args.device}: {'no CUDA device here' if device.type == 'cuda' else 'use cpu or cuda'}")
     out = _output_path(args)
     if out != "-" and Path(out).exists() and not args.force:      # before any work
         raise CliError(f"{out} exists; pass --force to overwrite it")
@@ -125,7 +133,7 @@ def run(argv: list[str] | None = None) -> int:
         update, close = _progress(len(data), "compressing")
         try:
             result = nc.compress_file(data, model, methods=nc.METHODS[:4] if args.classic else nc.METHODS,
-                                      on_progress=update)
+                                      on_progress=update, device=args.device)
         finally:
             close()
         _write(out, result.blob, args.force)
@@ -137,7 +145,7 @@ def run(argv: list[str] | None = None) -> int:
     update, close = _progress(header.length if header.method == nc.NEURAL else 0, "decompressing")
     try:
         original = nc.decompress_file(data, model, max_bytes=args.max_bytes or nc.DEFAULT_MAX_BYTES,
-                                      on_progress=update)
+                                      on_progress=update, device=args.device)
     except CodecError as e:
         if header.method == nc.NEURAL and "loaded model" in str(e):
             raise CliError(f"{e} (loaded from {args.model})") from None

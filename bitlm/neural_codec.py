@@ -171,7 +171,7 @@ def neural_encode(model: BitTransformerLM, data: bytes, chunk: int | None = None
         return b"", 0.0
     lanes = neural_lanes(n)
     L, lens = _lane_layout(n, lanes)
-    arr = np.zeros(lanes * L, dtype=np.int64)
+    arr = np.zeros(lanes * L, dtype=np.uint8)                # bytes, widened per chunk (memory: n, not 8n)
     arr[:n] = np.frombuffer(data, dtype=np.uint8)
     arr = torch.from_numpy(arr.reshape(lanes, L))
     q = chunk or _chunk_slots(pred, lanes)
@@ -181,10 +181,10 @@ def neural_encode(model: BitTransformerLM, data: bytes, chunk: int | None = None
     with torch.no_grad():
         for s in range(0, L, q):
             e = min(s + q, L)
-            freq = pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s).cpu()   # (lanes, e - s, 256)
+            freq = pred.frequencies(state, arr[:, max(s - 1, 0):e - 1].long(), e - s).cpu()  # (lanes, e - s, 256)
             valid = torch.from_numpy(np.arange(s, e)[:, None] < lens[None, :])  # (e - s, lanes) step-major
             f = freq.transpose(0, 1)[valid]
-            sym = arr[:, s:e].t()[valid]
+            sym = arr[:, s:e].t()[valid].long()
             coded = f.gather(-1, sym.unsqueeze(-1)).squeeze(-1) + 1
             ideal += float((24 - torch.log2(coded.double())).sum())
             encoder.encode(sym.numpy().astype(np.int32), _FAMILY, f.double().numpy())
@@ -205,7 +205,7 @@ def neural_decode(model: BitTransformerLM, payload: bytes, n: int, on_progress: 
     lanes = neural_lanes(n)
     L, lens = _lane_layout(n, lanes)
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
-    out = np.zeros((lanes, L), dtype=np.int64)
+    out = np.zeros((lanes, L), dtype=np.uint8)
     state = LaneState(pred, lanes)
     prev = None
     every = max(1, _PROGRESS_EVERY // lanes)
@@ -218,10 +218,10 @@ def neural_decode(model: BitTransformerLM, payload: bytes, n: int, on_progress: 
             except Exception as e:      # constriction reports invalid data with its own exception types
                 raise NeuralCodecError(f"the neural payload is corrupted or truncated (range decoder failed at "
                                        f"byte {j} of its lanes: {e})") from e
-            prev = torch.from_numpy(out[:, j:j + 1])
+            prev = torch.from_numpy(out[:, j:j + 1]).long()
             if on_progress is not None and ((j + 1) % every == 0 or j + 1 == L):
                 on_progress(int(np.minimum(lens, j + 1).sum()), n)
-    return out.astype(np.uint8).reshape(-1)[:n].tobytes()
+    return out.reshape(-1)[:n].tobytes()
 
 
 # ------------------------------------------------------------------------------------ classic methods

@@ -108,6 +108,10 @@ def test_other_failures_are_one_line(models, tmp_path, capsys):
     one_line_error(capsys, "does not end in .blm")
     assert main(["decompress", str(src), "-o", str(tmp_path / "g")]) == 1
     one_line_error(capsys, "not a BitLM compressed file")
+    assert main(["compress", str(src), "--classic", "-o", str(tmp_path / "h"), "--device", "tpu:x"]) == 1
+    one_line_error(capsys, "--device")
+    assert main(["compress", str(src), "--classic", "-o", str(tmp_path / "h"), "--threads", "0"]) == 1
+    one_line_error(capsys, "--threads must be ≥ 1")
     with pytest.raises(SystemExit) as e:
         main(["squeeze", str(src)])
     assert e.value.code == 2
