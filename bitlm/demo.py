@@ -21,9 +21,10 @@ from bitlm.bits import decode_bits, format_bits, frame_bits, text_to_bits
 from bitlm.codec import HEADER_BITS, METHODS, CodecError, compress_bits, compression_ratio, decompress_bits, stream_info
 from bitlm.evaluate import classic_bits_per_byte
 from bitlm.gate import MODES as GATE_MODES
-from bitlm.gate import GateConfig, GateFloors, describe
+from bitlm.gate import GateConfig, describe
 from bitlm.inputs import (InputError, friendly, log, ok, read_bits, read_choice, read_flag, read_float, read_int,
                           read_text, warn)
+from bitlm.generation import Generation
 from bitlm.model import model_output_decompress
 from bitlm.visitors import RECALIBRATE, AppModel
 
@@ -70,7 +71,7 @@ class GenerateResult(NamedTuple):
     status: str
     last: dict | None  # prompt and output bits for the Telemetry tab; None until the generation is complete
     gate_chart: go.Figure | None = None  # C and S over the output, floors and triggers; None with the gate off
-    gate_events: list[dict] = []  # the gate's triggers (`bitlm.gate.GateEvent` as dicts), cumulative
+    gate_events: list[dict] | None = None  # the gate's triggers (`GateEvent`s as dicts); None with the gate off
 
 
 def _generate_failed(status: str) -> GenerateResult:
@@ -157,11 +158,12 @@ def _gate_line(gate: GateConfig, events: list, stopped: bool) -> str:
     return f"**Safety gate** ({gate.mode}, {gate.floors.window}-byte window): {words}."
 
 
-def _gate_chart(gate: GateConfig | None, floors: GateFloors | None, trace: list, events: list,
-                n_bytes: int) -> go.Figure | None:
+def _gate_outputs(gate: GateConfig | None, gen: Generation, n_bytes: int) -> tuple[go.Figure | None, list | None]:
+    """The gate's chart and events (as dicts) of a generation so far; (None, None) with the gate off."""
     if gate is None:
-        return None
-    return plots.gate_figure(trace, floors.floors, events, n_bytes, floors.window)
+        return None, None
+    chart = plots.gate_figure(gen.gate_trace, gate.floors.floors, gen.gate_events, n_bytes, gate.floors.window)
+    return chart, [dataclasses.asdict(e) for e in gen.gate_events]
 
 
 @friendly(_generate_failed)
@@ -188,7 +190,6 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     seed = read_seed(seed)
     compress = read_flag(compress, "Enable Compression setting")
     gate = read_gate(app_model, gate_mode, gate_window)
-    floors = gate.floors if gate else None
     model = app_model.model
     parity = model.config.parity
     frame = frame_bits(parity)
@@ -229,8 +230,7 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                 if gen.gate_events:
                     status += "\n\n" + _gate_line(gate, gen.gate_events, False)
                 yield GenerateResult(text, output_bits_text(gen.bits, min(skip, gen.bits.numel()), frame), in_ratio,
-                                     None, status, None, _gate_chart(gate, floors, gen.gate_trace, gen.gate_events, done),
-                                     [dataclasses.asdict(e) for e in gen.gate_events])
+                                     None, status, None, *_gate_outputs(gate, gen, done))
     finally:
         with torch.no_grad():  # closing runs the stream's own clean-up, which may set grad mode: keep it inside
             stream.close()
@@ -265,8 +265,7 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     status = "\n\n".join([head, *notes])
     last = {"prompt_bits": bits, "new_bits": out_bits, "parity": parity}
     yield GenerateResult(decoded.text, output_bits_text(out_bits, skip, frame), in_ratio, out_ratio, status, last,
-                         _gate_chart(gate, floors, gen.gate_trace, gen.gate_events, made),
-                         [dataclasses.asdict(e) for e in gen.gate_events])
+                         *_gate_outputs(gate, gen, made))
 
 
 def generate_all(app_model: AppModel, *args: Any) -> GenerateResult:
