@@ -10,7 +10,8 @@ is derived (inputs × largest row L1 norm of the weights + bias < 2^52), so ever
 order, with or without FMA, blocked or not, is an integer below 2^53 and therefore exact. The only
 non-integer steps are single IEEE-754 operations that are correctly rounded by the standard (a
 division, a square root, an int-to-float conversion) applied elementwise to exactly known operands,
-followed by round-half-even to an integer: they give the same bits everywhere. Layer norm uses an
+followed by round-half-even to an integer, and power-of-two scalings before a floor (exact): they give
+the same bits everywhere (a hidden key's score, pushed down by 2^60, may round, but its weight is 0). Layer norm uses an
 integer mean and variance, one sqrt and one division; softmax and GELU use lookup tables of integers
 (exp and x·Φ(x)) computed by fixed-order series of correctly rounded float64 operations (no libm
 call), checked against a pinned SHA-256 before use. Weights are quantised elementwise (w·2^k rounded,

@@ -16,7 +16,10 @@ lanes together, and the coder interleaves symbols step by step (lane 0, 1, …).
 Decoding checks the header first (magic, version, method, length against `max_bytes`, the model's
 fingerprint: a stream of another model names both), bounds every decompressor's output by the stated
 length, and checks the CRC, so corrupted, truncated or foreign input raises `NeuralCodecError` (a
-`CodecError`) with a reason, never garbage. `compress_file` / `decompress_file` are the API; `python -m
+`CodecError`) with a reason, never garbage. Memory while decoding: the stated length (≤ max_bytes), a
+decompressor's state (lzma's dictionary is at most that length), and for neural streams the lanes'
+contexts, 2 · layers · window · n_embd · 8 bytes per lane (6 MB for the 6 × 256 model; 64 lanes from
+16 KiB up); time is linear in the stated length, so max_bytes bounds both. `compress_file` / `decompress_file` are the API; `python -m
 bitlm.neural_codec` is the command line (`bitlm.codec_cli`). The float reference path lives in
 `bitlm.float_codec`; the names the app calls today (`encode_bytes`, `decompress_text`, `KIND_TEXT`,
 `HEADER_BYTES`) are re-exported from it until the app moves to `compress_file`.
