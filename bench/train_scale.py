@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bitlm.train import PRESETS, read_metrics  # noqa: E402
+from bitlm.checkpoints import read_metrics  # noqa: E402
+from bitlm.train import PRESETS  # noqa: E402
 
 
 def measure(preset: str, seconds: float, nproc: int, threads: int, device: str, amp: bool = False) -> dict:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bitlm.bits import bytes_to_bits, frame_bits
+from bitlm.checkpoints import find_checkpoint
 from bitlm.data import BitDataset, load_corpus, split_corpus
 from bitlm.model import BitTransformerLM
 
@@ -226,7 +227,6 @@ def classic_bits_per_byte(data: bytes) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from bitlm.train import find_checkpoint  # here, not at the top: bitlm.train imports this module
 
     p = argparse.ArgumentParser(
         prog="python -m bitlm.evaluate",

@@ -1,4 +1,4 @@
-"""Compression-aware training: the `Trainer`, its presets, checkpoints and the CLI.
+"""Compression-aware training: the `Trainer`, its presets and the CLI (run folders on disk: `bitlm.checkpoints`).
 
 Each step samples random windows of whole 9-bit frames from the training split. Per
 sequence, with probability `direct_prob` the model reads the codec stream itself
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -38,14 +37,15 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from bitlm import distributed
+from bitlm.checkpoints import (
+    METRICS_FILE, STATE_FILE, find_checkpoint, json_line, load_trainer_state, read_metrics, save_checkpoint, write_atomic,
+)
 from bitlm.codec import METHODS, CodecError, compress_batch, decompress_batch
 from bitlm.data import BitDataset, Corpus, CorpusError, load_corpus, split_corpus
 from bitlm.distributed import DistContext, DistributedError
 from bitlm.evaluate import evaluate_model
 from bitlm.model import BitLMConfig, BitTransformerLM, LossStats
 
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = ("last", "best")
 
 
@@ -258,89 +258,6 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-# ---------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(run_dir: str | Path, name: str, model: BitTransformerLM, state: dict) -> Path:
-    """Write `run_dir/name/` (model via `save_pretrained` + `trainer_state.pt`) atomically.
-
-    The checkpoint is written to `name.tmp/`, then swapped in: the old one becomes
-    `name.old/`, `name.tmp/` becomes `name/`, `name.old/` is deleted. A crash at any point
-    leaves a complete `name/` or `name.old/` (see `find_checkpoint`).
-    Takes: `state` of tensors and plain Python values (loadable with `weights_only=True`).
-    """
-    run_dir = Path(run_dir)
-    final, tmp, old = run_dir / name, run_dir / f"{name}.tmp", run_dir / f"{name}.old"
-    if tmp.exists():  # left by a crash mid-write: never complete, never read
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)  # written last: its presence marks a complete folder
-    for f in tmp.iterdir():  # flush to disk before the rename makes the folder visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
-
-
-def find_checkpoint(path: str | Path, names: Sequence[str] = ("last",)) -> Path:
-    """The checkpoint folder to load from a run folder or a checkpoint folder.
-
-    Takes: a checkpoint folder (has `config.json`) or a run folder, and the checkpoint
-    names to try in order. For each name, `name/` is used, else `name.old/` (a crash
-    between the two renames of `save_checkpoint`); `name.tmp/` is never used.
-    Raises: `FileNotFoundError` saying what was looked for.
-    """
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    for name in names:
-        for candidate in (path / name, path / f"{name}.old"):
-            if (candidate / STATE_FILE).is_file() and (candidate / "config.json").is_file():
-                return candidate
-    raise FileNotFoundError(
-        f"{path}: no checkpoint found (looked for a config.json there and for {', '.join(names)} "
-        "checkpoint folders of a run)"
-    )
-
-
-def load_trainer_state(checkpoint: str | Path) -> dict:
-    """`trainer_state.pt` of a checkpoint folder (tensors and plain types only), on the CPU
-    whatever device wrote it."""
-    return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True, map_location="cpu")
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of a run folder's `metrics.jsonl` (empty if none); a torn last line from a kill is skipped."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_line(row: dict) -> str:
-    # NaN is not JSON: write null, which pandas reads back as NaN.
-    return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}) + "\n"
-
-
 # ---------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -421,8 +338,8 @@ class Trainer:
             ctx.barrier("checking the run folder")  # every rank looked before rank 0 writes
             if ctx.is_main:
                 out.mkdir(parents=True, exist_ok=True)
-                _write_atomic(out / METRICS_FILE, "".join(_json_line(r) for r in self.metrics))
-                _write_atomic(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
+                write_atomic(out / METRICS_FILE, "".join(json_line(r) for r in self.metrics))
+                write_atomic(out / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
 
     @classmethod
     def from_run(cls, run_dir: str | Path, corpus: Corpus | str | Path | list | None = None,
@@ -576,7 +493,7 @@ class Trainer:
         self.metrics.append(row)
         if self.config.out_dir and self.dist.is_main:
             with open(Path(self.config.out_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(_json_line(row))
+                f.write(json_line(row))
                 f.flush()
         if on_log is not None:
             on_log(row)

@@ -15,8 +15,8 @@ from test_train import noisy_pattern
 from bitlm import distributed
 from bitlm.distributed import DistContext, DistributedError, resolve_device
 from bitlm.model import BitTransformerLM
-from bitlm.train import (STATE_FILE, Trainer, find_checkpoint, load_trainer_state, make_configs, prepare_batch,
-                         read_metrics)
+from bitlm.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state, read_metrics
+from bitlm.train import Trainer, make_configs, prepare_batch
 
 CONFIG = dict(steps=12, log_every=3, eval_every=6, eval_bytes=256, direct_prob=0.25, codec_method="rle")
 

@@ -11,7 +11,8 @@ from bitlm.bits import bytes_to_bits
 from bitlm.data import load_corpus
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream, main
 from bitlm.model import BitLMConfig, BitTransformerLM
-from bitlm.train import PRESETS, save_checkpoint
+from bitlm.checkpoints import save_checkpoint
+from bitlm.train import PRESETS
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20 + "ünïcödé ✓"
 

@@ -18,8 +18,8 @@ from bitlm.bits import bits_to_bytes
 from bitlm.codec import CodecError, compress_bits, compression_ratio, decompress_bits
 from bitlm.data import Corpus
 from bitlm.model import BitTransformerLM
-from bitlm.train import (METRICS_FILE, PRESETS, Trainer, find_checkpoint, load_trainer_state, make_configs,
-                         prepare_batch, read_metrics, save_checkpoint)
+from bitlm.checkpoints import METRICS_FILE, find_checkpoint, load_trainer_state, read_metrics, save_checkpoint
+from bitlm.train import PRESETS, Trainer, make_configs, prepare_batch
 
 SPEC_COLUMNS = ["step", "lr", "elapsed_s", "bits_per_s", "raw_loss", "raw_accuracy", "compressed_loss",
                 "compressed_accuracy", "compression_ratio", "direct_loss", "direct_accuracy", "val_bits_per_byte"]
@@ -235,7 +235,8 @@ def test_checkpoint_swap_survives_every_crash_point(tmp_path):
 SAVER = textwrap.dedent("""
     import sys, torch
     from bitlm.model import BitTransformerLM
-    from bitlm.train import PRESETS, save_checkpoint
+    from bitlm.checkpoints import save_checkpoint
+    from bitlm.train import PRESETS
     model = BitTransformerLM(PRESETS["tiny"][0])
     step = 0
     while True:
