@@ -201,6 +201,8 @@ def neural_decode(model: BitTransformerLM, payload: bytes, n: int, on_progress: 
     """Inverse of `neural_encode` for an n-byte original (on any device). Raises NeuralCodecError when
     the payload is not whole 32-bit words or the range decoder rejects it (the caller checks the CRC)."""
     if n == 0:
+        if payload:
+            raise NeuralCodecError(f"{len(payload)} unexpected bytes after the header of an empty file (corrupted file)")
         return b""
     if len(payload) % 4:
         raise NeuralCodecError(f"the neural payload is {len(payload)} bytes, not whole 32-bit words (truncated?)")
@@ -224,6 +226,8 @@ def neural_decode(model: BitTransformerLM, payload: bytes, n: int, on_progress: 
             prev = torch.from_numpy(out[:, j:j + 1]).long()
             if on_progress is not None and ((j + 1) % every == 0 or j + 1 == L):
                 on_progress(int(np.minimum(lens, j + 1).sum()), n)
+    if not decoder.maybe_exhausted():
+        raise NeuralCodecError("the neural payload holds more data than its length needs (corrupted file)")
     return out.reshape(-1)[:n].tobytes()
 
 
