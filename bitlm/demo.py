@@ -145,7 +145,8 @@ def read_gate(app_model: AppModel, mode: Any, window: Any) -> GateConfig | None:
     sizes, default = gate_windows(app_model)
     if not sizes:
         raise InputError(f"This model's safety gate is off: {app_model.gate_note or 'it has no calibrated floors'}",
-                         f"set the gate to “off”, or calibrate the model's folder with `{RECALIBRATE}`")
+                         f"set the gate to “off”, or use a model with floors (`{RECALIBRATE}` makes them for a "
+                         "v2 model's folder; a model trained here gets them when you use it)")
     window = default if window is None or window == "" else read_int(window, "gate window", 1, 2**20)
     if window not in sizes:
         raise InputError(f"The gate has no floors for a {window}-byte window",
