@@ -168,12 +168,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, slopes: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0, probe: AttentionProbe | None = None) -> torch.Tensor:
+                probe: AttentionProbe | None = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, N, hd)
-        if cache is not None:
-            k, v = cache.add(layer, k, v)
         if bias is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -197,8 +195,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, slopes: torch.Tensor | None = None,
-                cache: KVCache | None = None, layer: int = 0, probe: AttentionProbe | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), bias, slopes, cache, layer, probe)
+                probe: AttentionProbe | None = None) -> torch.Tensor:
+        """A forward over whole sequences (training, evaluation, telemetry); cached steps use `step`."""
+        x = x + self.attn(self.ln_1(x), bias, slopes, probe)
         return x + self.mlp(self.ln_2(x))
 
     def step(self, x: torch.Tensor, bias: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
