@@ -175,14 +175,39 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
             neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
             neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
             neural_table = gr.Dataframe(label="Bits per byte on this text")
+            gr.Markdown(f"**Files**: compress a file (any bytes, ≤ {demo.FILE_MAX_BYTES // 2**20} MB) or, without "
+                        f"one, the text above into a `{demo.BLM_SUFFIX}` file, with whichever of the model (files up "
+                        f"to {demo.NEURAL_FILE_MAX_BYTES // 1024} KB: it decodes a few hundred bytes a second), lzma, "
+                        "bz2, zlib or stored is smallest; decompress a "
+                        f"`{demo.BLM_SUFFIX}` file back to the original (one the model coded needs the same model). "
+                        "Larger files: `python -m bitlm.neural_codec`.")
+            with gr.Row():
+                with gr.Column():
+                    codec_file = gr.File(label=f"File to compress (≤ {demo.FILE_MAX_BYTES // 2**20} MB)",
+                                         elem_id="codec-file")
+                    codec_file.data_model = AnyUpload
+                    file_compress_btn = gr.Button("Compress the file (or the text)", variant="primary",
+                                                  elem_id="file-compress-btn")
+                    blm_out = gr.File(label=f"Compressed file ({demo.BLM_SUFFIX})", interactive=False,
+                                      elem_id="blm-out")
+                with gr.Column():
+                    blm_in = gr.File(label=f"{demo.BLM_SUFFIX} file to decompress", elem_id="blm-in")
+                    blm_in.data_model = AnyUpload
+                    file_decompress_btn = gr.Button("Decompress the file", elem_id="file-decompress-btn")
+                    restored = gr.File(label="Decompressed file", interactive=False, elem_id="restored")
+            file_status = gr.Markdown(label="File codec status", elem_id="file-status")
+            file_table = gr.Dataframe(label="Every method on these bytes (header included)", elem_id="file-table")
 
         gen_event = generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, gate_mode,
                                                       gate_window, visitor],
                                        [out_text, out_bits, in_ratio, out_ratio, gen_status, gate_plot, gate_events,
                                         visitor],
                                        api_name="generate", concurrency_limit=4, **RAW)
-        gen_stop_btn.click(lambda: "⏹ Stopped. The text and bits above are what was generated until then.",
-                           None, gen_status, cancels=[gen_event], api_visibility="private")
+        # The message comes in a second event, after the cancel: an update the stream had in flight when
+        # Stop was pressed lands before it, never over it.
+        gen_stop_btn.click(None, None, None, cancels=[gen_event], api_visibility="private").then(
+            lambda: "⏹ Stopped. The text and bits above are what was generated until then.", None, gen_status,
+            api_visibility="private")
 
         upload.upload(lambda: "uploaded .txt", None, corpus, api_visibility="private")  # an upload means: train on it
         train_outputs = [train_status, loss_plot, acc_plot, ratio_plot, metrics, kcs_plot]
@@ -215,6 +240,10 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
                              concurrency_limit=4, **RAW)
         neural_btn.click(api.neural_compress, [codec_in, visitor], [neural_table, neural_status],
                          api_name="neural_compress", concurrency_limit=2, **RAW)
+        file_compress_btn.click(api.compress_file, [codec_file, codec_in, visitor], [blm_out, file_table, file_status],
+                                api_name="compress_file", concurrency_limit=2, **RAW)
+        file_decompress_btn.click(api.decompress_file, [blm_in, visitor], [restored, file_status],
+                                  api_name="decompress_file", concurrency_limit=2, **RAW)
 
         # A page opened later shows the visitor's model and their run, not the start-up state; a page closed
         # ends its visitor's run and removes their run folder.

@@ -8,6 +8,10 @@ app's events skip Gradio's preprocessing), so every value is checked here or in 
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -34,6 +38,22 @@ class Endpoints:
     def __init__(self, shipped: AppModel, trainer: SharedTrainer):
         self.shipped = shipped
         self.trainer = trainer
+        self._file_dirs: dict[str, Path] = {}  # each visitor's folder for the Codec tab's files
+        self._file_lock = threading.Lock()
+
+    def _files_dir(self, visitor: Visitor) -> Path:
+        """The visitor's own temporary folder for the files the Codec tab writes (removed with the session)."""
+        with self._file_lock:
+            folder = self._file_dirs.get(visitor.id)
+            if folder is None or not folder.is_dir():
+                folder = self._file_dirs[visitor.id] = Path(tempfile.mkdtemp(prefix="bitlm-codec-"))
+            return folder
+
+    def _forget_files(self, session: str) -> None:
+        with self._file_lock:
+            folder = self._file_dirs.pop(session, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # ----------------------------------------------------------------------------------------- models
 
@@ -147,6 +167,40 @@ class Endpoints:
                                           lambda fraction, what: progress(fraction, desc=what))
         return plots.json_safe(table), status
 
+    def compress_file(self, upload: Any = None, text: Any = "", visitor: Visitor | None = None,
+                      request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Compress a file losslessly into a .blm file, with whichever of the model (a range coder driven by its
+        exact integer predictor; files up to 8 KB), lzma, bz2, zlib or stored gives the smallest output.
+
+        Args:
+            upload: the file to compress (any bytes, up to 1 MB); empty to compress the text instead.
+            text: the text to compress (UTF-8, up to 10,000 characters) when no file is given.
+        Returns:
+            the .blm file (decompress it with decompress_file, with the same model if its method is neural),
+            a table of every method's file size and bits per byte on these bytes (the chosen one marked), and a
+            status message.
+        """
+        visitor = _visitor(visitor, request)
+        result = demo.compress_upload(visitor.model(self.shipped), upload, text, self._files_dir(visitor),
+                                      lambda fraction, what: progress(fraction, desc=what))
+        return result.path, plots.json_safe(result.table), result.status
+
+    def decompress_file(self, upload: Any = None, visitor: Visitor | None = None, request: gr.Request | None = None,
+                        progress: gr.Progress = gr.Progress()) -> tuple:
+        """Decompress a .blm file (written by compress_file or python -m bitlm.neural_codec) back to the original
+        bytes; the CRC-32 is checked. A file compressed by the model needs the same model.
+
+        Args:
+            upload: the .blm file (its original at most 1 MB, or 8 KB when coded by the model).
+        Returns:
+            the original file and a status message (why not, for a foreign, truncated, corrupted or too large file,
+            or one compressed with another model).
+        """
+        visitor = _visitor(visitor, request)
+        result = demo.decompress_upload(visitor.model(self.shipped), upload, self._files_dir(visitor),
+                                        lambda fraction, what: progress(fraction, desc=what))
+        return result.path, result.status
+
     # --------------------------------------------------------------------------------------- training
 
     def train_start(self, corpus: Any = "pydoc", upload: Any = None, preset: Any = "small", steps: Any = 1000,
@@ -246,11 +300,13 @@ class Endpoints:
         """A page was closed: stop that visitor's run and remove their run folder."""
         session = getattr(request, "session_hash", None)
         if session:
+            self._forget_files(session)
             self.trainer.end_session(session)
 
     def forget(self, visitor: Any) -> None:
         """A session's state was deleted (Gradio expires it): the same clean-up as `end_session`."""
         if isinstance(visitor, Visitor):
+            self._forget_files(visitor.id)
             try:
                 self.trainer.end_session(visitor.id)
             except Exception:  # called from Gradio's state clean-up, which must not fail

@@ -132,6 +132,19 @@ def bits_per_byte_table(rows: Mapping[str, float], n_bytes: int) -> pd.DataFrame
                           "× best classic": round(v / best, 3)} for k, v in rows.items()])
 
 
+def file_codec_table(sizes: Mapping[str, int], n_bytes: int, chosen: str) -> pd.DataFrame:
+    """The file compressor's methods side by side on the same bytes (`neural_codec.CompressResult.sizes`).
+
+    Takes: {method: whole-file size in bytes, header included}, the original's size, the method chosen.
+    Returns: DataFrame with columns `method` (in the order given), `file bytes`, `bits per byte` (3 places;
+    NaN for an empty original) and `chosen` ("✓" on the chosen method's row, else "").
+    """
+    return pd.DataFrame([{"method": name, "file bytes": size,
+                          "bits per byte": round(8 * size / n_bytes, 3) if n_bytes else math.nan,
+                          "chosen": "✓" if name == chosen else ""} for name, size in sizes.items()],
+                        columns=["method", "file bytes", "bits per byte", "chosen"])
+
+
 def probability_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray | None = None,
                        frame: int = 9, title: str = "Per-position prediction") -> go.Figure:
     """P(bit = 1) and its entropy H(p) at every position, with the observed bits as dots.

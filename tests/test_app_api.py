@@ -63,7 +63,8 @@ def test_api_lists_optional_inputs_and_labelled_outputs(client):
     api = client.view_api(return_format="dict")["named_endpoints"]
     assert set(api) >= {f"/{n}" for n in ("generate", "train_start", "train_stop", "train_status", "use_trained",
                                            "use_shipped", "save_model", "export_csv", "telemetry", "compress",
-                                           "decompress", "neural_compress")}
+                                           "decompress", "neural_compress", "compress_file",
+                                           "decompress_file")}
     upload = next(p for p in api["/train_start"]["parameters"] if p["parameter_name"] == "upload")
     assert upload["parameter_has_default"] and upload["parameter_default"] is None
     for name, endpoint in api.items():
@@ -110,6 +111,20 @@ def test_neural_codec_endpoint(client):
         table, status = client.predict(bad, api_name="/neural_compress")
         assert is_friendly(status), status
     assert client.predict("ok", api_name="/neural_compress")[1].startswith("✓")
+
+
+def test_file_codec_endpoints(client, tmp_path):
+    original = tmp_path / "notes.bin"
+    original.write_bytes(bytes(range(256)) + b"to be or not to be " * 10)
+    blm, table, status = client.predict(handle_file(str(original)), "", api_name="/compress_file")
+    assert status.startswith("✓") and blm.endswith("notes.bin.blm"), status
+    assert {row[0] for row in table["data"]} == {"neural", "lzma", "bz2", "zlib", "stored"}
+    restored, status = client.predict(handle_file(blm), api_name="/decompress_file")
+    assert status.startswith("✓") and open(restored, "rb").read() == original.read_bytes(), status
+    blm, _, status = client.predict(None, "typed text, typed text", api_name="/compress_file")
+    assert status.startswith("✓") and blm.endswith("text.blm")
+    restored, status = client.predict(handle_file(str(original)), api_name="/decompress_file")  # not a .blm
+    assert restored is None and is_friendly(status) and "not a BitLM compressed file" in status
 
 
 # --------------------------------------------------------------------------------------- the safety gate
@@ -230,6 +245,9 @@ ENDPOINTS = {
     "compress": (["aaaa", "text", "auto", True], 3, {(0, "text for a number")}),
     "decompress": (["0101", True], 3, set()),
     "neural_compress": (["hello"], 1, {(0, "text for a number")}),
+    # no file means: compress the text; 'abc' is fine text
+    "compress_file": ([None, "hello"], 2, {(0, "None"), (0, "''"), (1, "text for a number")}),
+    "decompress_file": ([None], 1, set()),
 }
 CASES = [(name, i, wrong) for name, (args, _, _) in ENDPOINTS.items() for i in range(len(args)) for wrong in WRONG]
 
