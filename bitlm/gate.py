@@ -81,7 +81,8 @@ class GateConfig:
 
 def window_metrics(bits: np.ndarray, probs: np.ndarray, with_c: bool = True) -> dict[str, float]:
     """K, C and S of one window: `bits` (n,) 0/1 data bits and `probs` (n,) the model's P(bit = 1)
-    for them. C is NaN when with_c is False (skipped)."""
+    for them. C is NaN when with_c is False (skipped). `bitlm.telemetry`'s definitions, in numpy on one
+    small window (its functions take torch batches); a test holds the two equal."""
     n = bits.size
     mean = float(bits.mean())
     h = 0.0 if mean in (0.0, 1.0) else -(mean * math.log2(mean) + (1 - mean) * math.log2(1 - mean))
@@ -99,9 +100,10 @@ def data_positions(n_bits: int, frame: int) -> np.ndarray:
 class Gate:
     """The gate of one generation: fed the output as it grows, says when a window falls below a floor.
 
-    `check(bits, probs, n_bytes)` records the window's values in `trace` and looks at the last `window` whole bytes of output (bits and probs
-    are the output so far, frame-aligned from its start) every `stride` bytes and returns the
-    (metric, value) that has been below its floor for `patience` checks in a row (the furthest below
+    `check(bits, probs, n_bytes)` looks at the last `window` whole bytes of output (bits and probs are
+    the output so far, frame-aligned from its start) every `stride` bytes, records the window's values
+    in `trace`, and returns the (metric, value) that has been below its floor for `patience` checks in
+    a row (the furthest below
     when several have), or None: a floor is a 1st percentile, so single windows of ordinary text dip
     below it ~1 % of the time, while loops and soup stay below. `record` keeps the events, merging a
     warning with the previous one of the same metric when their spans touch."""
