@@ -3,7 +3,8 @@
 This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
 the work is in `bitlm.demo`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
-BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors).
+BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors),
+BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation).
 The public endpoints are also an MCP server (/gradio_api/mcp/).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ LAUNCH_KWARGS = dict(
 )
 RUN_MINUTES = float(os.environ.get("BITLM_RUN_MINUTES", "10"))
 MODEL_DIR = os.environ.get("BITLM_MODEL_DIR", "assets")
+DRAFT_CORPUS = os.environ.get("BITLM_DRAFT_CORPUS", "shakespeare")
 
 INTRO = """# BitLM — a language model that reads and writes bits
 Text becomes UTF-8 bytes, each byte 8 data bits plus an even-parity bit. Bit streams compress losslessly,
@@ -47,11 +49,14 @@ class AnyUpload(GradioRootModel):
 
 
 def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small", run_root: str | Path = "runs",
-               run_minutes: float = RUN_MINUTES) -> gr.Blocks:
+               run_minutes: float = RUN_MINUTES, draft_corpus: str | None = DRAFT_CORPUS) -> gr.Blocks:
     """The app. Takes: the shipped model's folder, the `PRESETS` name of the untrained fallback used when that
-    folder holds no loadable model, the folder training runs are written under, and the wall-time cap of a
-    training run in minutes. Returns: the `gr.Blocks`."""
-    api = Endpoints(load_app_model(model_dir, fallback_preset), SharedTrainer(run_root, time_limit_s=60 * run_minutes))
+    folder holds no loadable model, the folder training runs are written under, the wall-time cap of a
+    training run in minutes, and the shipped model's training corpus (for speculative generation; None or
+    "none": without). Returns: the `gr.Blocks`."""
+    draft_corpus = None if draft_corpus in (None, "none") else draft_corpus
+    api = Endpoints(load_app_model(model_dir, fallback_preset, draft_corpus),
+                    SharedTrainer(run_root, time_limit_s=60 * run_minutes))
 
     with gr.Blocks(title="BitLM") as blocks:
         visitor = gr.State(Visitor(), delete_callback=api.forget)  # each session gets its own copy

@@ -10,7 +10,9 @@ seeds (prompt i uses --seed + i), then reports per generation and overall:
 Prints one table and the start of the first sample. With --baseline (another checkpoint, e.g.
 `git:REV` for the model shipped at commit REV) the same prompts and seeds run on both models, the
 two in turn for each prompt so that load hits both alike, and a last table sets their word shares
-and generation speeds side by side.
+and generation speeds side by side. The --model also runs with speculation (`bitlm.draft.NGramDraft`
+built from the corpus's training split; --no-draft skips it): the table checks its bits equal the
+plain generation's and gives its speed beside the others.
 
     python bench/sample_quality.py                           # shipped model in assets/, shakespeare
     python bench/sample_quality.py --threads 1 --baseline git:f8e9949   # beside the v1 model
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.quality import load_model_arg, machine_line  # noqa: E402
 from bitlm.bits import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.draft import NGramDraft  # noqa: E402
 from bitlm.evaluate import vocabulary, word_share  # noqa: E402
 from bitlm.model import BitTransformerLM  # noqa: E402
 
@@ -61,7 +64,7 @@ def scored_text(prompt: str, generated: str) -> str:
 
 
 def sample(model: BitTransformerLM, prompt: str, n_bytes: int, temperature: float, seed: int,
-           vocab: set[str]) -> dict:
+           vocab: set[str], draft: NGramDraft | None = None) -> dict:
     """Generate n_bytes after prompt and measure them (see the module docstring).
 
     Returns: prompt, seed, text, strict_error (None when strict decoding passed), seconds, and
@@ -69,10 +72,10 @@ def sample(model: BitTransformerLM, prompt: str, n_bytes: int, temperature: floa
     parity = model.config.parity
     t0 = time.perf_counter()
     gen = model.generate(text_to_bits(prompt, parity=parity), n_bytes * frame_bits(parity),
-                         temperature=temperature, seed=seed)
+                         temperature=temperature, seed=seed, draft=draft)
     seconds = time.perf_counter() - t0
     text, error = strict_decode(gen.bits, parity)
-    return dict(prompt=prompt, seed=seed, text=text, strict_error=error, seconds=seconds,
+    return dict(prompt=prompt, seed=seed, text=text, bits=gen.bits, strict_error=error, seconds=seconds,
                 **word_share(scored_text(prompt, text), vocab))
 
 
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=1234, help="seed of the first prompt; prompt i uses seed + i "
                     "(default: 1234)")
     ap.add_argument("--sample-chars", type=int, default=600, help="characters of the first sample to print")
+    ap.add_argument("--no-draft", action="store_true", help="skip the speculative run of --model")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads (default: torch's default, all cores)")
     args = ap.parse_args(argv)
@@ -118,41 +122,54 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"--bytes must be at least 1, got {args.bytes}")
     torch.set_num_threads(args.threads)
 
-    models = {"model": load_model_arg(ap, args.model)}
-    if args.baseline:
-        models["baseline"] = load_model_arg(ap, args.baseline)
     corpus = load_corpus(args.corpus)
     train_texts, val_texts = split_corpus(corpus)
     vocab = vocabulary(train_texts)
+    checkpoint, model = load_model_arg(ap, args.model)
+    models = {"model": (checkpoint, model, None)}
+    if not args.no_draft:
+        draft = NGramDraft("".join(train_texts), parity=model.config.parity)
+        models["model+draft"] = (f"{checkpoint} with a draft from the {corpus.name} training split", model, draft)
+    if args.baseline:
+        models["baseline"] = (*load_model_arg(ap, args.baseline), None)
     reference = word_share("".join(val_texts), vocab)
     prompts = args.prompt or list(PROMPTS)
     print(machine_line() + " (start)")
-    for role, (checkpoint, model) in models.items():
+    for role, (checkpoint, model, _) in models.items():
         print(f"{role} {checkpoint} ({model.num_params():,} parameters, positions {model.config.pos})")
     print(f"vocabulary: {len(vocab):,} words of the {corpus.name} training split; {args.bytes:,} bytes per prompt "
           f"at temperature {args.temperature:g}\n", flush=True)
 
     results = {role: [] for role in models}
     for i, prompt in enumerate(prompts):
-        for role, (_, model) in models.items():
-            r = sample(model, prompt, args.bytes, args.temperature, args.seed + i, vocab)
+        for role, (_, model, draft) in models.items():
+            r = sample(model, prompt, args.bytes, args.temperature, args.seed + i, vocab, draft)
             results[role].append(r)
             print(f"  {role} {prompt!r}: {r['share']:.1%} of {r['words']} words known, strict decode "
                   f"{'passed' if r['strict_error'] is None else 'FAILED'} ({r['seconds']:.1f} s)", flush=True)
 
     totals = {}
-    for role, (checkpoint, _) in models.items():
+    for role, (checkpoint, _, _) in models.items():
         print(f"\n{role}: {checkpoint}")
         totals[role] = print_table(results[role], reference, args.bytes, corpus.name)
+    if "model+draft" in results:
+        same = sum(torch.equal(a["bits"], b["bits"]) for a, b in zip(results["model"], results["model+draft"]))
+        print(f"\nspeculation: {same}/{len(prompts)} generations bit-identical to plain generation; "
+              f"{totals['model+draft']['bytes_per_s'] / totals['model']['bytes_per_s']:.2f}x its speed")
     if args.baseline:
-        new, old = totals["model"], totals["baseline"]
-        print(f"\n| {args.bytes:,} bytes per prompt, {args.threads} thread(s) | {args.model} | {args.baseline} | ratio |")
-        print("|---|---|---|---|")
-        print(f"| generation bytes/s | {new['bytes_per_s']:.0f} | {old['bytes_per_s']:.0f} "
-              f"| {new['bytes_per_s'] / old['bytes_per_s']:.2f}x |")
-        print(f"| words in training vocabulary | {new['share']:.1%} | {old['share']:.1%} "
-              f"| {new['share'] / old['share']:.3f} |")
-        print(f"| strict decode | {new['passed']}/{len(prompts)} | {old['passed']}/{len(prompts)} | — |")
+        old = totals["baseline"]
+        roles = [r for r in ("model", "model+draft") if r in totals]
+        print(f"\n| {args.bytes:,} bytes per prompt, {args.threads} thread(s) | "
+              + " | ".join(f"{args.model}{' + draft' if r != 'model' else ''}" for r in roles)
+              + f" | {args.baseline} | ratio{'s' if len(roles) > 1 else ''} |")
+        print("|---" * (len(roles) + 3) + "|")
+        ratio = lambda key, fmt: ", ".join(format(totals[r][key] / old[key], fmt) for r in roles)  # noqa: E731
+        print("| generation bytes/s | " + " | ".join(f"{totals[r]['bytes_per_s']:.0f}" for r in roles)
+              + f" | {old['bytes_per_s']:.0f} | {ratio('bytes_per_s', '.2f')} ×|")
+        print("| words in training vocabulary | " + " | ".join(f"{totals[r]['share']:.1%}" for r in roles)
+              + f" | {old['share']:.1%} | {ratio('share', '.3f')} |")
+        print("| strict decode | " + " | ".join(f"{totals[r]['passed']}/{len(prompts)}" for r in roles)
+              + f" | {old['passed']}/{len(prompts)} | — |")
     first = results["model"][0]
     print(f"\nsample of {args.model} (seed {first['seed']}, first {args.sample_chars} characters after the prompt):\n")
     print(first["prompt"] + first["text"][:args.sample_chars])

@@ -222,7 +222,7 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     chunk_bytes = max(8, -(-n_bytes // STREAM_UPDATES))
     t0 = time.perf_counter()
     stream = model.generate_stream(bits, n_bytes * frame + skip, temperature=temperature, seed=seed,
-                                   chunk_bits=chunk_bytes * frame, gate=gate)
+                                   chunk_bits=chunk_bytes * frame, gate=gate, draft=app_model.draft)
     gen = None
     try:
         while True:

@@ -146,10 +146,11 @@ def stream_logprobs(model: BitTransformerLM, data: str | bytes, lanes: int = 16)
     model.eval()
     try:
         with torch.no_grad():
+            weights = model.step_weights()
             for lo in range(0, per_lane, c.window):
                 hi = min(lo + c.window, per_lane)                         # slots [lo, hi) predict patches lo..hi-1
                 x = model._embed(patterns[:, max(lo - 1, 0):hi - 1], lo, stream, with_bos=lo == 0)
-                h = model._global_step(x, cache)                          # (B, m, C)
+                h = model._global_step(x, cache, weights)                 # (B, m, C)
                 lp = bit_conditionals(model._pattern_logprobs(h, parity_rows), p)
                 out[:, lo:hi] = gather_bits(lp, patterns[:, lo:hi], p)    # (B, m, p, 2)
     finally:

@@ -9,6 +9,17 @@ cannot slide: at the end of its position table the context restarts from its las
 patches and re-reads them. Without the cache, every bit recomputes the full forward over the whole
 sequence (the reference the cache must match). Lanes (B sequences stepped together) never see each
 other: they only share the batched matrix products of each step.
+
+Speculation (with a `bitlm.draft.NGramDraft`). At batch 1 a step is bound by reading the weights
+and the cache (~21 MB a step for the shipped model), so a step over 1 + k slots costs little more
+than one over 1. After patch j - 1 is sampled, the step takes it and k guessed patches, giving the
+states of slots j..j + k; slot j + i is right exactly when the i guesses before it came true. The
+sampler reads slot j as usual, samples patch j bit by bit with the same random numbers as without a
+draft, and moves to slot j + 1 only if patch j equals its guess; at the first wrong guess the cache
+forgets the slots that read it (`KVCache.rollback`) and the next step starts from the true patch.
+Every probability the sampler reads therefore comes from the true context: the bits are those of
+plain generation with the same seed (the probabilities agree within float rounding: a batched
+product sums in another order), and only the count of steps changes.
 """
 from __future__ import annotations
 
@@ -21,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bitlm.bits import frame_bits
+from bitlm.draft import NGramDraft
 from bitlm.gate import Gate, GateConfig, GateEvent
 from bitlm.layers import PARITY_OFFSET, KVCache, bit_conditionals
 
@@ -90,7 +102,7 @@ def sample_bit(lp0: float, lp1: float, temperature: float, top_k: int | None, to
 def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                     stream_type: int = 0, use_cache: bool = True, chunk_bits: int | None = None,
-                    gate: GateConfig | None = None) -> Iterator[Generation]:
+                    gate: GateConfig | None = None, draft: NGramDraft | None = None) -> Iterator[Generation]:
     """Sample n_bits after prompt_bits, yielding the cumulative `Generation` every chunk_bits new bits
     (None: once, at the end) and always once complete. With a `gate` (`bitlm.gate`), the output is
     checked as it grows; a retry rolls the output back (a later yield can be shorter than an earlier
@@ -100,6 +112,11 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
         raise ValueError(f"chunk_bits must be None or an int ≥ 1, got {chunk_bits!r}")
     if gate is not None and not isinstance(gate, GateConfig):
         raise ValueError(f"gate must be a bitlm.gate.GateConfig or None, got {type(gate).__name__}")
+    if draft is not None and not isinstance(draft, NGramDraft):
+        raise ValueError(f"draft must be a bitlm.draft.NGramDraft or None, got {type(draft).__name__}")
+    if draft is not None and draft.parity != model.config.parity:
+        raise ValueError(f"the draft was built for {'frames with' if draft.parity else 'bytes without'} a parity bit; "
+                         f"this model's bytes have {'one' if model.config.parity else 'none'}")
     if gate is not None and gate.mode != "off" and stream_type != 0:
         raise ValueError("the gate reads text: use it with stream_type 0 only")
     stream = model._stream_ids(stream_type, 1)
@@ -108,7 +125,7 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
     rng = random.Random(seed)
     seq = prompt_bits.long().tolist()
     n_prompt = len(seq)
-    decoder = BitDecoder(model, stream, use_cache)
+    decoder = BitDecoder(model, stream, use_cache, draft)
     p = model.config.patch_size
     frame = frame_bits(model.config.parity)
     watch = Gate(gate, frame) if gate is not None and gate.mode != "off" else None
@@ -153,7 +170,7 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
                     else:       # roll back to the window's start: resample it, or end before it
                         cut = first_frame + start * frame
                         del new[cut:], probs[cut:], seq[n_prompt + cut:]
-                        decoder = BitDecoder(model, stream, use_cache)
+                        decoder = BitDecoder(model, stream, use_cache, draft)
                         watch.reset(start)
                         if action == "retry":
                             watch.retries += 1
@@ -178,7 +195,8 @@ class BitDecoder:
     """Next-bit log-probs of B growing bit sequences ("lanes", stepped together); see the module
     docstring. Sequences must only grow between calls, all lanes by the same bits count."""
 
-    def __init__(self, model: "BitTransformerLM", stream: torch.Tensor, use_cache: bool) -> None:
+    def __init__(self, model: "BitTransformerLM", stream: torch.Tensor, use_cache: bool,
+                 draft: NGramDraft | None = None, lookahead: int = 4) -> None:
         self.m, self.stream, self.use_cache = model, stream, use_cache     # stream: (B,)
         self.p, self.window = model.config.patch_size, model.config.window
         self.sliding = model.config.pos != "learned"
@@ -188,27 +206,63 @@ class BitDecoder:
         self.slot = -1                       # absolute slot (patch index) whose state is held
         self.h: torch.Tensor | None = None   # (B, 1, C) that slot's global state
         self.table: list | None = None       # per lane: (2^p - 1) rows of (log P(0), log P(1))
+        self.weights = model.step_weights() if use_cache else None
+        # Speculation: one lane of text (a patch is a byte's frame), a cache that slides, the factorized
+        # readout (its tables need no rerun); elsewhere the draft is not used.
+        speculate = (draft is not None and lookahead > 0 and use_cache and self.sliding and stream.tolist() == [0]
+                     and self.p == frame_bits(model.config.parity) and model.config.local == "factorized")
+        self.draft, self.lookahead = (draft, min(lookahead, self.window - 1)) if speculate else (None, 0)
+        self.first = -1                      # the slot fed the last step's one certain patch
+        self.guessed: list[int] = []         # the guessed patches fed to slots first + 1, first + 2, ...
+        self.ahead = None                    # (1 + guesses, 2^p - 1, 2) numpy conditionals of those slots
 
     def _patterns(self, seqs: list[list[int]], lo: int, hi: int) -> torch.Tensor:
         b = torch.tensor([seq[lo:hi] for seq in seqs], dtype=torch.long, device=self.m._device)
         return (b.view(len(seqs), -1, self.p) * self.m.bit_weights).sum(-1)  # (B, m)
 
+    def _take_guess(self, seq: list[int], j: int) -> bool:
+        """Slot j from the last step's guesses when the patch they guessed for j - 1 came true; else
+        forget the slots from j on (they read a wrong patch) and return False."""
+        i = j - self.first
+        if not 1 <= i <= len(self.guessed):
+            return False
+        if _prefix_value(seq, (j - 1) * self.p, j * self.p) == self.guessed[i - 1]:
+            self.slot = j
+            self.table = [self.ahead[i].tolist()]
+            return True
+        self.cache.rollback(len(self.guessed) - i + 1)
+        self.guessed, self.ahead = [], None
+        return False
+
     def _advance(self, seqs: list[list[int]], j: int) -> None:
         """Bring the cached global state to slot j (the one predicting patch j)."""
         p, m = self.p, self.m
+        if self.guessed and self._take_guess(seqs[0], j):
+            return
         if self.cache is not None and self.slot == j - 1:        # one cached step
-            x = m._embed(self._patterns(seqs, (j - 1) * p, j * p), j - self.start, self.stream, with_bos=False)
-            h = m._global_step(x, self.cache)
+            prev = self._patterns(seqs, (j - 1) * p, j * p)       # (B, 1)
+            if self.draft is not None:                            # + guessed patches after it
+                known = [_prefix_value(seqs[0], q * p, (q + 1) * p) for q in range(max(0, j - self.draft.max_order), j)]
+                self.guessed = self.draft.guess(known, self.lookahead)
+                self.first = j
+                prev = torch.cat([prev, torch.tensor([self.guessed], dtype=prev.dtype, device=prev.device)], 1)
+            h = m._global_step(m._embed(prev, j - self.start, self.stream, with_bos=False), self.cache, self.weights)
         else:                                                     # prefill slots start..j in chunks
-            self.cache = KVCache(len(m.blocks), self.window)
+            self.cache, self.guessed = KVCache(len(m.blocks), self.window), []
             prev = self._patterns(seqs, self.start * p, j * p)   # (B, j - start)
             chunk = self.window
             for lo in range(0, j - self.start + 1, chunk):
                 hi = min(lo + chunk, j - self.start + 1)          # slots [lo, hi) of the context
                 x = m._embed(prev[:, max(lo - 1, 0):hi - 1], lo, self.stream, with_bos=lo == 0)
-                h = m._global_step(x, self.cache)
-        self.h = h[:, -1:]
+                h = m._global_step(x, self.cache, self.weights)
         self.slot = j
+        if self.guessed and self.first == j:                     # slots j, j + 1, ... (one lane)
+            self.h = h[:, :1]
+            lp = m._pattern_logprobs(h, self.parity_rows)[0]                   # (1 + guesses, 2^p)
+            self.ahead = bit_conditionals(lp, p).cpu().numpy()
+            self.table = [self.ahead[0].tolist()]
+            return
+        self.h = h[:, -1:]
         if m.config.local == "factorized":
             lp = m._pattern_logprobs(self.h, self.parity_rows)[:, 0]          # (B, 2^p)
             self.table = bit_conditionals(lp, p).cpu().numpy().tolist()        # few rows get read

@@ -71,6 +71,7 @@ class KVCache:
         self.n = 0                     # rows in use
         self.pos = 0                   # slots added so far (= absolute position of the next one)
         self.m = 0                     # slots reserved by the current step
+        self.last = 0                  # slots the last committed step added (what rollback may drop)
 
     def begin(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reserve m ≤ window new slots; returns (query positions (m,), key positions (n + m,)) of the
@@ -105,7 +106,18 @@ class KVCache:
         """End the step: its slots become part of the cached context."""
         self.n += self.m
         self.pos += self.m
-        self.m = 0
+        self.last, self.m = self.m, 0
+
+    def rollback(self, r: int) -> None:
+        """Forget the last r slots, all from the last step (speculative slots whose guessed input was
+        wrong). The last step's rows are the last rows of the buffers (`begin` compacts before a step
+        writes, never after), so forgetting them is moving the end back."""
+        if not 0 <= r <= self.last:
+            raise ValueError(f"can roll back at most the {self.last} slots of the last step, not {r}")
+        self.last -= r
+        self.n -= r
+        self.pos -= r
+        self.row_pos[self.n:self.n + r] = -1
 
 
 class AttentionProbe:
@@ -200,22 +212,34 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), bias, slopes, probe)
         return x + self.mlp(self.ln_2(x))
 
-    def step(self, x: torch.Tensor, bias: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        """`forward` for cached inference steps (eval mode, no grad): the same arithmetic in about a
-        third of the kernel launches, which is what a one-slot step at batch 1 pays for: attention as
-        two matmuls over the cache (SDPA's CPU kernels cost ~60 µs a call for one query), no module
-        calls, no dropout. (B, m, C) -> (B, m, C); `cached = recompute` tests hold it to `forward`."""
+    def step_weights(self) -> tuple[torch.Tensor, ...]:
+        """The block's matrices transposed to (in, out), contiguous, with their biases, for `step`:
+        with a row-major (in, out) operand, MKL's small-batch GEMM streams the weights once without
+        repacking them, so a step of 5 slots costs about what a step of 1 does (F.linear's (out, in)
+        weights cost 1.3-1.8x; measured in the README's generation section). A copy, taken when a
+        decoder starts: later weight updates need a new decoder."""
         att, (fc, _, proj, _) = self.attn, self.mlp
+        return tuple(t for lin in (att.c_attn, att.c_proj, fc, proj) for t in (lin.weight.detach().t().contiguous(),
+                                                                               lin.bias.detach()))
+
+    def step(self, x: torch.Tensor, bias: torch.Tensor, cache: KVCache, layer: int,
+             weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """`forward` for cached inference steps (eval mode, no grad) with `step_weights()`: the same
+        arithmetic in about a third of the kernel launches, which is what a few-slot step at batch 1
+        pays for: attention as two matmuls over the cache (SDPA's CPU kernels cost ~60 µs a call for
+        one query), no module calls, no dropout. (B, m, C) -> (B, m, C); `cached = recompute` tests
+        hold it to `forward`."""
+        w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights
         B, N, C = x.shape
-        H = att.n_head
-        h = F.layer_norm(x, (C,), self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
-        q, k, v = F.linear(h, att.c_attn.weight, att.c_attn.bias).view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        H = self.attn.n_head
+        h = F.layer_norm(x, (C,), self.ln_1.weight, self.ln_1.bias, self.ln_1.eps).view(B * N, C)
+        q, k, v = torch.addmm(b_qkv, h, w_qkv).view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
         k, v = cache.add(layer, k, v)                                                  # (B, H, n, hd)
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(C // H)).add_(bias)   # (B, H, m, n)
-        y = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(B, N, C)
-        x = x + F.linear(y, att.c_proj.weight, att.c_proj.bias)
-        h = F.layer_norm(x, (C,), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
-        return x + F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+        y = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(B * N, C)
+        x = x + torch.addmm(b_o, y, w_o).view(B, N, C)
+        h = F.layer_norm(x, (C,), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps).view(B * N, C)
+        return x + torch.addmm(b_proj, F.gelu(torch.addmm(b_fc, h, w_fc)), w_proj).view(B, N, C)
 
 
 def bit_conditionals(lp: torch.Tensor, p: int) -> torch.Tensor:

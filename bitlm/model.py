@@ -34,6 +34,7 @@ from safetensors.torch import load_model, save_model
 
 from bitlm.bits import frame_bits, parity_of
 from bitlm.codec import DEFAULT_MAX_BITS, CodecError, decompress_bits, stream_info
+from bitlm.draft import NGramDraft
 from bitlm.gate import GateConfig
 from bitlm.generation import BitDecoder, Generation, generate_stream
 from bitlm.layers import (
@@ -311,14 +312,19 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
             x = block(x, bias, self.slopes, probe=probe)
         return self.ln_f(x)
 
-    def _global_step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
+        """Each block's `step_weights()`, for `_global_step` (a decoder takes them once)."""
+        return [block.step_weights() for block in self.blocks]
+
+    def _global_step(self, x: torch.Tensor, cache: KVCache, weights: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """(B, m, C) inputs of the next m slots -> (B, m, C) states, attending to the cached slots
-        within the window; the new slots join the cache. Inference only (eval mode, no grad)."""
+        within the window; the new slots join the cache. `weights`: `step_weights()`. Inference only
+        (eval mode, no grad)."""
         q_pos, k_pos = cache.begin(x.size(1))
         slopes = self.slopes if self.slopes is not None else torch.zeros(1, device=x.device)
         bias = attention_bias(q_pos.to(x.device), k_pos.to(x.device), slopes, cache.window)
-        for i, block in enumerate(self.blocks):
-            x = block.step(x, bias, cache, i)
+        for i, (block, w) in enumerate(zip(self.blocks, weights)):
+            x = block.step(x, bias, cache, i, w)
         cache.commit()
         return self.ln_f(x)
 
@@ -501,7 +507,8 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
 
     def generate(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stream_type: int = 0,
-                 decompress_output: bool = False, use_cache: bool = True, gate: GateConfig | None = None) -> Generation:
+                 decompress_output: bool = False, use_cache: bool = True, gate: GateConfig | None = None,
+                 draft: NGramDraft | None = None) -> Generation:
         """Sample n_bits new bits after prompt_bits.
 
         prompt_bits: 1-D 0/1 tensor (may be empty, may end mid-patch, may be longer than the window:
@@ -514,23 +521,26 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         every bit; same results, for reference/benchmarks).
         gate: a `bitlm.gate.GateConfig` checking K/C/S over the last window of output against
         calibrated floors (warn, retry or stop; see `bitlm.gate`); None or mode "off": no gate.
+        draft: a `bitlm.draft.NGramDraft` whose guesses let one cached step settle several patches
+        (speculation; the same bits for the same seed, only faster when the guesses come true).
         Returns a Generation. Raises ValueError for bad arguments, CodecError when decompress_output
         and the new bits are not a valid stream."""
         *_, result = generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type, use_cache,
-                                     gate=gate)
+                                     gate=gate, draft=draft)
         if decompress_output:
             result.output = model_output_decompress(result.bits)
         return result
 
     def generate_stream(self, prompt_bits: torch.Tensor, n_bits: int, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                        stream_type: int = 0, chunk_bits: int = 72, gate: GateConfig | None = None) -> Iterator[Generation]:
+                        stream_type: int = 0, chunk_bits: int = 72, gate: GateConfig | None = None,
+                        draft: NGramDraft | None = None) -> Iterator[Generation]:
         """`generate` as it goes: yields the cumulative Generation (new bits and probabilities so far)
         every chunk_bits new bits, the last yield complete (bit-identical to `generate` with the same
         seed). Closing the iterator stops the generation. With a gate, a retry can make a yield
         shorter than the one before. Raises ValueError for bad arguments (on the first next())."""
         return generate_stream(self, prompt_bits, n_bits, temperature, top_k, top_p, seed, stream_type,
-                               chunk_bits=chunk_bits, gate=gate)
+                               chunk_bits=chunk_bits, gate=gate, draft=draft)
 
     def bit_decoder(self, stream_type: int = 0, lanes: int = 1) -> BitDecoder:
         """The KV-cached incremental next-bit predictor that `generate` uses, for callers that

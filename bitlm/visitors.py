@@ -28,6 +28,7 @@ import torch
 from bitlm import plots
 from bitlm.bits import frame_bits
 from bitlm.data import BUILTIN_CORPORA, Corpus, CorpusError, load_corpus, split_corpus
+from bitlm.draft import NGramDraft
 from bitlm.evaluate import gate_windows
 from bitlm.gate import GateFloors, floors_from, load_floors
 from bitlm.inputs import InputError, ok, read_choice, read_float, read_flag, read_int, warn
@@ -49,6 +50,7 @@ BUSY_HINT = "try again when it has finished; Generate, Telemetry and Codec keep 
 # least GATE_MIN_WINDOWS windows there.
 GATE_WINDOWS = (32, 64, 128)
 GATE_CAL_MAX_CHARS = 32_768
+DRAFT_MAX_BYTES = 8 * 1024 * 1024   # the speculative draft's text: the whole Shakespeare training split
 GATE_MIN_WINDOWS = 32
 RECALIBRATE = "python -m bitlm.gate calibrate --model <folder>"
 
@@ -68,6 +70,7 @@ class AppModel:
     untrained: bool = False
     floors: dict[int, GateFloors] = field(default_factory=dict)  # the safety gate's, by window size
     gate_note: str = ""  # why there are no floors, when there are none
+    draft: NGramDraft | None = None  # guesses from the model's training text: faster generation, same bits
 
     def describe(self) -> str:
         """Markdown: the model in use, and the fallback notice if there is one."""
@@ -75,11 +78,14 @@ class AppModel:
         return f"{self.notice}\n\n{line}" if self.notice else line
 
 
-def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "small") -> AppModel:
+def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "small",
+                   draft_corpus: str | None = None) -> AppModel:
     """Load the shipped model, or fall back to a freshly initialised one with a visible notice.
 
-    Takes: the folder written by `save_pretrained`, and the `PRESETS` name whose model config the
-    fallback uses. Returns: an `AppModel`; never raises for a missing or broken model folder.
+    Takes: the folder written by `save_pretrained`, the `PRESETS` name whose model config the
+    fallback uses, and the corpus the model was trained on (its training split feeds the
+    speculative `NGramDraft`; None: no draft, plain generation). Returns: an `AppModel`; never
+    raises for a missing or broken model folder or corpus.
     """
     path = Path(model_dir)
     try:
@@ -99,7 +105,13 @@ def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "sma
         except ValueError as e:
             log.warning("%s; the gate is off", e)
             floors, note = {}, f"{e}; remake it with `{RECALIBRATE}`"
-        return AppModel(model, f"shipped model from `{path}/`", floors=floors, gate_note=note)
+        draft = None
+        if draft_corpus is not None:
+            try:
+                draft = make_draft(split_corpus(load_corpus(draft_corpus))[0], model)
+            except (ValueError, OSError) as e:
+                log.warning("no speculative draft from %s (%s); generation runs without one", draft_corpus, e)
+        return AppModel(model, f"shipped model from `{path}/`", floors=floors, gate_note=note, draft=draft)
     # A fixed seed makes the untrained fallback (and so every test against it) reproducible,
     # without touching the process-wide RNG.
     with torch.random.fork_rng():
@@ -110,6 +122,13 @@ def load_app_model(model_dir: str | Path = "assets", fallback_preset: str = "sma
                   "random bits; train one in the Train tab and press “Use trained model”.")
     return AppModel(model, f"untrained `{fallback_preset}` preset (fallback)", notice, untrained=True,
                     gate_note="the untrained fallback model has no calibrated floors")
+
+
+def make_draft(texts: list[str], model: BitTransformerLM) -> NGramDraft:
+    """The speculative draft of a model from (the first DRAFT_MAX_BYTES of) its training texts.
+    Raises ValueError for a text too short to draft from."""
+    text = "".join(texts).encode("utf-8")[:DRAFT_MAX_BYTES]
+    return NGramDraft(text, parity=model.config.parity)
 
 
 def calibrate_gate(model: BitTransformerLM, text: str, source: str) -> tuple[dict[int, GateFloors], str]:
@@ -251,8 +270,9 @@ class Run:
     """
 
     def __init__(self, owner: str, trainer: Trainer, run_dir: Path, steps: int, label: str, time_limit_s: float,
-                 val_text: str = ""):
+                 val_text: str = "", train_texts: list[str] | None = None):
         self.owner, self.run_dir, self.steps, self.label = owner, run_dir, steps, label
+        self.train_texts = train_texts or []   # the speculative draft is built from them on adoption
         self.time_limit_s = time_limit_s
         self.val_text = val_text[:GATE_CAL_MAX_CHARS]  # the gate calibrates on it when the model is adopted
         self.gate: tuple[dict[int, GateFloors], str] | None = None  # calibrate_gate's answer, once computed
@@ -407,9 +427,9 @@ class SharedTrainer:
             except Exception:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-            val_text = "".join(split_corpus(request.corpus, config.val_fraction)[1])[:GATE_CAL_MAX_CHARS]
+            train_texts, val_texts = split_corpus(request.corpus, config.val_fraction)
             run = Run(owner, trainer, run_dir, request.steps, f"{request.preset} preset on {request.corpus.name}",
-                      self.time_limit_s, val_text)
+                      self.time_limit_s, "".join(val_texts)[:GATE_CAL_MAX_CHARS], train_texts)
             self._runs[owner] = self._active = run
             run.thread.start()
         log.info("training run %s started", run_dir.name)
@@ -441,7 +461,12 @@ class SharedTrainer:
         if run.gate is None:
             run.gate = calibrate_gate(model, run.val_text, f"the validation split of {run.label}")
         floors, note = run.gate
-        return AppModel(model, f"your trained model ({run.label}, {run.step:,} steps)", floors=floors, gate_note=note)
+        try:
+            draft = make_draft(run.train_texts, model)
+        except ValueError:
+            draft = None
+        return AppModel(model, f"your trained model ({run.label}, {run.step:,} steps)", floors=floors, gate_note=note,
+                        draft=draft)
 
     def end_session(self, owner: str) -> None:
         """The owner's session is over: stop their run if it is going and remove their run folder."""

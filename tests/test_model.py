@@ -314,12 +314,79 @@ def test_sliding_generation_never_rereads(monkeypatch):
         model = make(name)
         slots = []
         step = model._global_step
-        monkeypatch.setattr(model, "_global_step", lambda x, cache, step=step: slots.append(x.size(1)) or step(x, cache))
+        monkeypatch.setattr(model, "_global_step", lambda x, cache, w, step=step: slots.append(x.size(1)) or step(x, cache, w))
         prompt = text_to_bits("Hi")                           # 2 patches
         model.generate(prompt, 9 * 40, seed=1)                # 40 more: five 8-slot windows
         counts[name] = sum(slots)
     assert counts["p9"] == 2 + 40                             # BOS slot + one per patch, none twice
     assert counts["p9-learned"] > 60
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("p9", {}), ("p9-window", {}), ("p9", dict(patch_size=8, parity=False, block_size=64)),
+])
+def test_speculative_generation_gives_the_bits_of_plain_generation(monkeypatch, name, overrides):
+    """With a draft, one cached step settles several patches when the guesses come true, and the cache
+    forgets the slots that read a wrong guess: the bits are those of plain generation with the same
+    seed, the probabilities within float rounding, over more than three windows of a rolling cache.
+    The draft is built from the plain output with every 5th byte changed, so guesses both come true
+    (fewer steps than patches) and fail (rollbacks)."""
+    from bitlm.draft import NGramDraft
+    from bitlm.layers import KVCache
+    monkeypatch.setattr(KVCache, "SLACK", 3)
+    model = make(name, **overrides)
+    parity, window = model.config.parity, model.config.window
+    frame = 9 if parity else 8
+    prompt = text_to_bits("Hello", parity=parity)[:frame * 4 + 3]            # ends mid-byte
+    n = frame * (3 * window + 25) + 5
+    plain = model.generate(prompt, n, temperature=0.9, seed=11)
+    text = bytearray(bits_to_bytes(torch.cat([prompt, plain.bits])[:(len(prompt) + n) // frame * frame], parity=parity))
+    text[::5] = bytes((b + 1) % 256 for b in text[::5])
+    steps, rollbacks = [], []
+    step, rollback = model._global_step, KVCache.rollback
+    monkeypatch.setattr(model, "_global_step", lambda x, cache, w: steps.append(x.size(1)) or step(x, cache, w))
+    monkeypatch.setattr(KVCache, "rollback", lambda self, r: rollbacks.append(r) or rollback(self, r))
+    spec = model.generate(prompt, n, temperature=0.9, seed=11, draft=NGramDraft(bytes(text), parity=parity))
+    assert torch.equal(spec.bits, plain.bits)
+    torch.testing.assert_close(spec.probs, plain.probs, rtol=0, atol=1e-5)
+    patches = (len(prompt) + n) // frame
+    assert len(steps) < 0.8 * patches and rollbacks, (len(steps), patches, len(rollbacks))
+    unrelated = model.generate(prompt, n, temperature=0.9, seed=11, draft=NGramDraft("zzz qqq " * 20, parity=parity))
+    assert torch.equal(unrelated.bits, plain.bits)
+
+
+def test_speculation_is_only_used_where_it_applies():
+    """A draft with the wrong parity is refused; on a v1 model (it cannot roll its cache) or a codec
+    stream it is ignored: same bits as without it."""
+    from bitlm.draft import NGramDraft
+    with pytest.raises(ValueError, match="parity"):
+        make("p9").generate(text_to_bits("Hi"), 18, draft=NGramDraft("abcdefgh" * 4, parity=False))
+    with pytest.raises(ValueError, match="draft"):
+        make("p9").generate(text_to_bits("Hi"), 18, draft="abc")
+    for name, kwargs in (("p9-learned", {}), ("p9", dict(stream_type=1))):
+        model = make(name)
+        draft = NGramDraft("Hello there, " * 10)
+        a = model.generate(text_to_bits("Hi"), 9 * 30, seed=3, **kwargs)
+        b = model.generate(text_to_bits("Hi"), 9 * 30, seed=3, draft=draft, **kwargs)
+        assert torch.equal(a.bits, b.bits)
+
+
+def test_kv_cache_rolls_back_only_the_last_step():
+    from bitlm.layers import KVCache
+    model = make("p9")
+    cache = KVCache(len(model.blocks), model.config.window)
+    weights = model.step_weights()
+    with torch.no_grad():
+        model._global_step(torch.randn(1, 3, 32), cache, weights)
+        model._global_step(torch.randn(1, 4, 32), cache, weights)
+        with pytest.raises(ValueError, match="at most the 4"):
+            cache.rollback(5)
+        cache.rollback(3)
+        assert cache.pos == 4 and cache.n == 4 and cache.row_pos[4:8].tolist() == [-1] * 4
+        with pytest.raises(ValueError):
+            cache.rollback(2)
+        cache.rollback(1)
+        assert cache.pos == 3
 
 
 def test_sliding_window_sees_bos_and_the_last_window_slots():

@@ -203,3 +203,5 @@ def test_sample_quality_bench_end_to_end(tiny_checkpoint, capsys):
     assert "| all generations |" in out and "(baseline)" in out and "pass" in out.lower()
     # the baseline: held-out text of the same corpus is made of training words
     assert "| 100.0% | 1.000 |" in out
+    # speculation with a draft from the training split gives the plain generation's bits
+    assert "speculation: 2/2 generations bit-identical to plain generation" in out
