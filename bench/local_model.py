@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
-from bitlm.model import byte_level_config  # noqa: E402
+from bitlm.config import byte_level_config  # noqa: E402
 from bitlm.train import Trainer, make_configs  # noqa: E402
 
 BYTES_PER_WINDOW = 128

@@ -46,7 +46,8 @@ from bench import compressors  # noqa: E402
 from bitlm.bits import bits_to_bytes  # noqa: E402
 from bitlm.data import Corpus, load_corpus, split_corpus  # noqa: E402
 from bitlm.evaluate import evaluate_model, evaluate_stream  # noqa: E402
-from bitlm.model import BitLMConfig, BitTransformerLM, byte_level_config  # noqa: E402
+from bitlm.config import byte_level_config  # noqa: E402
+from bitlm.model import BitLMConfig, BitTransformerLM  # noqa: E402
 from bitlm.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state  # noqa: E402
 from bitlm.train import PRESETS, Trainer, make_configs  # noqa: E402
 

@@ -12,7 +12,7 @@ _EXPORTS = {
     "text_to_bits": "bitlm.bits", "bits_to_text": "bitlm.bits",
     "compress_bits": "bitlm.codec", "decompress_bits": "bitlm.codec",
     "compression_ratio": "bitlm.codec", "CodecError": "bitlm.codec",
-    "BitTransformerLM": "bitlm.model", "BitLMConfig": "bitlm.model",
+    "BitTransformerLM": "bitlm.model", "BitLMConfig": "bitlm.config",
     "model_output_decompress": "bitlm.model",
 }
 __all__ = list(_EXPORTS)

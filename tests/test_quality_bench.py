@@ -9,7 +9,8 @@ from bench import compressors, quality, sample_quality
 from bitlm.bits import bits_to_bytes, bytes_to_bits, text_to_bits
 from bitlm.data import load_corpus, split_corpus
 from bitlm.evaluate import evaluate_model, vocabulary, word_share, words
-from bitlm.model import BitLMConfig, BitTransformerLM, byte_level_config
+from bitlm.config import byte_level_config
+from bitlm.model import BitLMConfig, BitTransformerLM
 from bitlm.train import PRESETS
 
 TEXT = ("KING.\nThe quick brown fox jumps over the lazy dog; the dog's day is done.\n\n"

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bitlm.train as train_mod
+import bitlm.train_cli as train_cli
 from bitlm.bits import bits_to_bytes
 from bitlm.codec import CodecError, compress_bits, compression_ratio, decompress_bits
 from bitlm.data import Corpus
@@ -269,25 +270,25 @@ def test_cli_trains_prints_lines_and_resumes(tmp_path, capsys):
     corpus_file = tmp_path / "pattern.txt"
     corpus_file.write_text(noisy_pattern(3000))
     run = tmp_path / "run"
-    train_mod.main(["--corpus", str(corpus_file), "--preset", "tiny", "--steps", "20", "--log-every", "10",
+    train_cli.main(["--corpus", str(corpus_file), "--preset", "tiny", "--steps", "20", "--log-every", "10",
                     "--eval-bytes", "128", "--out", str(run)])
     out = capsys.readouterr().out
     assert "step     10 | raw loss" in out and "compressed loss" in out and "ratio" in out
     assert "val bits/byte" in out
-    train_mod.main(["--resume", str(run), "--steps", "30"])
+    train_cli.main(["--resume", str(run), "--steps", "30"])
     assert [r["step"] for r in read_metrics(run)] == [10, 20, 30]
     assert load_trainer_state(find_checkpoint(run))["step"] == 30
 
 
 def test_cli_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
-        train_mod.main(["--help"])
+        train_cli.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--corpus", "--preset", "--steps", "--out", "--compress-prob", "--direct-prob",
                  "--time-limit", "--resume"):
         assert flag in text
-    parser = train_mod.build_parser()
+    parser = train_cli.build_parser()
     assert all(a.help for a in parser._actions)
 
 
@@ -321,7 +322,7 @@ def test_bad_configs_are_rejected():
 def test_validation_logs_k_c_s_and_alerts_on_drift():
     """Every validation row carries K, C and S of the same validation batch; a move larger than
     drift_alert between two validations gives a one-line alert naming the metric, a small one none."""
-    from bitlm.train import format_row
+    from bitlm.train_cli import format_row
     mc, tc = tiny(steps=60, eval_every=20, drift_alert=1e-6)
     trainer = Trainer(mc, tc, synthetic())
     df = trainer.run()
