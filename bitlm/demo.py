@@ -442,11 +442,16 @@ class NeuralCodecResult(NamedTuple):
     status: str
 
 
+def _progress(progress: Callable[[float, str], Any] | None, what: str) -> Callable[[int, int], None] | None:
+    return None if progress is None else (lambda done, total: progress(done / max(total, 1), what))
+
+
 @friendly(lambda status: NeuralCodecResult(plots.bits_per_byte_table({}, 0), status))
 def codec_neural(app_model: AppModel, source: Any,
                  progress: Callable[[float, str], Any] | None = None) -> NeuralCodecResult:
-    """Compress text with the model driving a range coder (`bitlm.neural_codec`), decompress it to check
-    the round trip, and put its bits per byte beside the model's cross-entropy and zlib / bz2 / lzma.
+    """Compress text with the model driving a range coder (the exact codec, `neural_codec.compress_file`
+    with the neural method only), decompress it to check the round trip, and put its bits per byte beside
+    the model's cross-entropy and zlib / bz2 / lzma.
 
     Takes: the model, the text (≤ NEURAL_MAX_CHARS), an optional progress(fraction, message) callback.
     Returns: a `NeuralCodecResult`; failures come back as a status message.
@@ -454,23 +459,20 @@ def codec_neural(app_model: AppModel, source: Any,
     text = read_text(source, "codec input", NEURAL_MAX_CHARS)
     data = text.encode("utf-8")
     model = app_model.model
-
-    def report(what: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else (lambda done, total: progress(done / max(total, 1), what))
-
     t0 = time.perf_counter()
-    enc = neural_codec.encode_bytes(model, data, on_progress=report("encoding"), kind=neural_codec.KIND_TEXT)
+    enc = neural_codec.compress_file(data, model, methods=("neural",), on_progress=_progress(progress, "encoding"))
     t1 = time.perf_counter()
-    back = neural_codec.decompress_text(model, enc.stream, on_progress=report("decoding"))
+    back = neural_codec.decompress_file(enc.blob, model, max_bytes=len(data), on_progress=_progress(progress, "decoding"))
     t2 = time.perf_counter()
-    if back != text:  # the codec checks a CRC, so this would be a bug, not bad input
+    if back != data:  # the codec checks a CRC, so this would be a bug, not bad input
         raise CodecError("the model's round trip did not give the text back")
     n = len(data)
-    rows = {"model (neural codec)": 8 * len(enc.stream) / n,
-            "model cross-entropy (ideal coder)": enc.ideal_bits / n,
+    header = neural_codec.read_header(enc.blob).size
+    rows = {"model (neural codec)": 8 * len(enc.blob) / n,
+            "model cross-entropy (ideal coder)": enc.neural_ideal_bits / n,
             **classic_bits_per_byte(data)}
-    status = ok(f"{n:,} bytes → {len(enc.stream):,} bytes with the model ({neural_codec.HEADER_BYTES}-byte header "
-                f"included); round trip exact; encode {n / (t1 - t0):,.0f} bytes/s, decode {n / (t2 - t1):,.0f} bytes/s")
+    status = ok(f"{n:,} bytes → {len(enc.blob):,} bytes with the model ({header}-byte header included); round "
+                f"trip exact; encode {n / (t1 - t0):,.0f} bytes/s, decode {n / (t2 - t1):,.0f} bytes/s")
     if app_model.untrained:
         status += "\n\n" + warn("The model is untrained, so it predicts no better than chance",
                                 "train one in the Train tab and press “Use trained model”")
@@ -517,10 +519,6 @@ def read_file(upload: Any, what: str, max_bytes: int, hint: str) -> tuple[bytes,
     if size == 0:
         raise InputError(f"“{name}” is empty", hint)
     return path.read_bytes(), name
-
-
-def _progress(progress: Callable[[float, str], Any] | None, what: str) -> Callable[[int, int], None] | None:
-    return None if progress is None else (lambda done, total: progress(done / max(total, 1), what))
 
 
 @friendly(_file_failed)

@@ -30,22 +30,19 @@ output is checked against the CRC.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import struct
-import weakref
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import constriction
 import numpy as np
 import torch
 
 from bitlm.bits import BitDecodeError, as_bit_array, bits_to_bytes, bytes_to_bits, frame_bits
-from bitlm.codec import CodecError
 from bitlm.model import PARITY_OFFSET, BitTransformerLM
+from bitlm.neural_codec import NeuralCodecError, model_fingerprint
 
 MAGIC, VERSION = b"\xb7N", 2                # version 2: lanes
 _HEADER = struct.Struct(">2sBB6s8sIH")
@@ -60,11 +57,6 @@ MAX_LANES = 16                               # parallel lanes a long input is cu
 LANE_PATCHES = 256                           # patches each lane holds at least (a context window's worth)
 
 Progress = Callable[[int, int], None]        # (bits done, bits in all)
-
-
-class NeuralCodecError(CodecError):
-    """A neural-codec stream could not be decoded (wrong model, truncated or corrupted data) or an
-    input could not be encoded; the message says which and what to do."""
 
 
 @dataclass
@@ -83,30 +75,6 @@ class NeuralEncoding:
     def payload_bits(self) -> int:
         """Bits of the range-coded payload (the stream without its header)."""
         return 8 * (len(self.stream) - HEADER_BYTES)
-
-
-# ------------------------------------------------------------------------------------ fingerprint
-
-_fingerprints: "weakref.WeakKeyDictionary[BitTransformerLM, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
-
-
-def model_fingerprint(model: BitTransformerLM) -> bytes:
-    """First 8 bytes of sha256 over the model's config JSON and its state dict (names, dtypes,
-    shapes, raw bytes, sorted by name). Cached per model; recomputed when any weight changed in
-    place since (tensor version counters), e.g. after more training."""
-    state = model.state_dict()
-    versions = tuple((name, t._version, t.data_ptr()) for name, t in state.items())
-    cached = _fingerprints.get(model)
-    if cached is not None and cached[0] == versions:
-        return cached[1]
-    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    fp = h.digest()[:8]
-    _fingerprints[model] = (versions, fp)
-    return fp
 
 
 # ------------------------------------------------------------------------------------ coding core

@@ -28,22 +28,22 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import json
 import lzma
 import struct
 import sys
+import weakref
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import constriction
 import numpy as np
 import torch
 
 from bitlm.codec import CodecError
-from bitlm.exact import (EXACT_VERSION, FREQ_TOTAL, ExactPredictor, LaneState, UnsupportedModelError, tables,
+from bitlm.exact import (EXACT_VERSION, ExactPredictor, LaneState, UnsupportedModelError, tables,
                          tables_digest)
-from bitlm.float_codec import (HEADER_BYTES, KIND_TEXT, NeuralCodecError, decompress_text, encode_bytes,  # noqa: F401
-                               model_fingerprint)
 from bitlm.model import BitTransformerLM
 
 MAGIC, VERSION = 0xB7, 1
@@ -63,6 +63,33 @@ Progress = Callable[[int, int], None]        # (bytes done, bytes in all)
 def _lzma_filters(n: int) -> list[dict]:
     return [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
              "dict_size": min(max(n, 4096), 64 << 20)}]
+
+
+class NeuralCodecError(CodecError):
+    """A neural-codec stream could not be decoded (wrong model, truncated or corrupted data) or an
+    input could not be encoded; the message says which and what to do."""
+
+
+_fingerprints: "weakref.WeakKeyDictionary[BitTransformerLM, tuple[tuple, bytes]]" = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model: BitTransformerLM) -> bytes:
+    """First 8 bytes of sha256 over the model's config JSON and its state dict (names, dtypes,
+    shapes, raw bytes, sorted by name). Cached per model; recomputed when any weight changed in
+    place since (tensor version counters), e.g. after more training."""
+    state = model.state_dict()
+    versions = tuple((name, t._version, t.data_ptr()) for name, t in state.items())
+    cached = _fingerprints.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    h = hashlib.sha256(json.dumps(asdict(model.config), sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    fp = h.digest()[:8]
+    _fingerprints[model] = (versions, fp)
+    return fp
 
 
 # ------------------------------------------------------------------------------------ header
@@ -300,8 +327,8 @@ def compress_file(data: bytes, model: BitTransformerLM | None, methods: tuple[st
     model it cannot run (v1 learned positions, a transformer local model) is skipped with the reason in
     `neural_skipped`. on_progress(bytes done, bytes in all) follows the neural encoder; chunk and
     device (where the exact predictor runs) never change the output.
-    Returns a CompressResult. Raises NeuralCodecError for non-bytes, an input of 2^28 bytes or more, or
-    an unknown method."""
+    Returns a CompressResult. Raises NeuralCodecError for non-bytes, an input of 2^28 bytes or more, an
+    unknown method, or methods=("neural",) with no model or one the exact path cannot run."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise NeuralCodecError(f"compress_file needs bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -325,6 +352,8 @@ def compress_file(data: bytes, model: BitTransformerLM | None, methods: tuple[st
                 blobs["neural"] = _pack_header(NEURAL, len(data), crc, neural_fingerprint(model)) + payload
             except UnsupportedModelError as e:
                 skipped = str(e)
+    if not blobs:
+        raise NeuralCodecError(f"the neural method could not run ({skipped}) and no other method was asked for")
     best = min(blobs, key=lambda name: (len(blobs[name]), METHODS.index(name)))
     return CompressResult(blobs[best], best, len(data), {k: len(v) for k, v in blobs.items()}, ideal, skipped)
 

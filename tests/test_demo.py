@@ -8,7 +8,7 @@ import torch
 from bitlm import demo
 from bitlm.bits import bytes_to_bits, format_bits, text_to_bits
 from bitlm.codec import CodecError, compress_bits, compression_ratio
-from bitlm.model import Generation
+from bitlm.model import BitLMConfig, BitTransformerLM, Generation
 from bitlm.visitors import AppModel
 from conftest import FAILED, assert_friendly
 
@@ -441,6 +441,18 @@ def test_codec_neural_round_trip_and_table(tiny_model):
     assert "no better than chance" in result.status  # the untrained fallback says so
     loaded = AppModel(tiny_model.model, "a model named 'untrained' by its folder")
     assert "no better than chance" not in demo.codec_neural(loaded, "to be or not to be").status
+
+
+def test_codec_neural_is_the_exact_codec_and_says_why_a_v1_model_cannot_drive_it(tiny_model):
+    """The button's stream is the file codec's neural container (it decodes with `decompress_file`); a v1
+    model gets the exact path's reason, not a traceback."""
+    from bitlm import neural_codec
+    text = "to be or not to be, that is the question"
+    blob = neural_codec.compress_file(text.encode(), tiny_model.model, methods=("neural",)).blob
+    status = demo.codec_neural(tiny_model, text).status
+    assert f"→ {len(blob):,} bytes with the model" in status
+    v1 = AppModel(BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")), "v1")
+    assert_friendly(demo.codec_neural(v1, text).status, "neural method could not run", "ALiBi")
 
 
 @pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit"),

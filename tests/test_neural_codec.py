@@ -183,9 +183,3 @@ def test_lanes():
     assert [nc.neural_lanes(n) for n in (0, 1, 511, 512, 767, 64 * 256, 10 ** 6)] == [1, 1, 1, 2, 2, 64, 64]
     L, lens = nc._lane_layout(1000, 3)
     assert L == 334 and lens.tolist() == [334, 334, 332]
-
-
-def test_app_names_still_work(fitted):
-    """The app's Codec tab calls the float path through these names until it moves to compress_file."""
-    enc = nc.encode_bytes(fitted, b"still here", kind=nc.KIND_TEXT)
-    assert nc.decompress_text(fitted, enc.stream) == "still here" and nc.HEADER_BYTES == 24
