@@ -1,7 +1,7 @@
 """BitLM's Gradio app (local demo and Hugging Face Space): Generate, Train, Telemetry and Codec tabs.
 
 This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
-the work is in `bitlm.demo`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
+the work is in `bitlm.demo` and `bitlm.codec_tab`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
 BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors),
 BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation).
@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel
 
-from bitlm import demo, plots
+from bitlm import codec_tab, demo, plots
 from bitlm.codec import METHODS
 from bitlm.endpoints import IDLE, Endpoints
 from bitlm.train import PRESETS
@@ -159,9 +159,9 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
         with gr.Tab("Codec", id="codec"):
             with gr.Row():
                 with gr.Column():
-                    codec_mode = gr.Radio(list(demo.CODEC_MODES), value="text", label="Input is")
+                    codec_mode = gr.Radio(list(codec_tab.CODEC_MODES), value="text", label="Input is")
                     codec_in = gr.Textbox("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb", lines=4, label=(
-                        f"Input (text ≤ {demo.CODEC_MAX_CHARS:,} characters, bits ≤ {demo.CODEC_MAX_BITS:,})"))
+                        f"Input (text ≤ {codec_tab.CODEC_MAX_CHARS:,} characters, bits ≤ {codec_tab.CODEC_MAX_BITS:,})"))
                     with gr.Row():
                         method = gr.Dropdown(list(METHODS), value="auto", label="Method")
                         parity = gr.Checkbox(True, label="Parity bit per byte (9-bit frames)")
@@ -175,28 +175,28 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
                     codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                     codec_text = gr.Textbox(lines=2, label="Decompressed text")
             gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
-                        f"(text ≤ {demo.NEURAL_MAX_CHARS:,} characters; about 500 bytes a second each way, "
+                        f"(text ≤ {codec_tab.NEURAL_MAX_CHARS:,} characters; about 500 bytes a second each way, "
                         f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
             neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
             neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
             neural_table = gr.Dataframe(label="Bits per byte on this text")
-            gr.Markdown(f"**Files**: compress a file (any bytes, ≤ {demo.FILE_MAX_BYTES // 2**20} MB) or, without "
-                        f"one, the text above into a `{demo.BLM_SUFFIX}` file, with whichever of the model (files up "
-                        f"to {demo.NEURAL_FILE_MAX_BYTES // 1024} KB: it decodes a few hundred bytes a second), lzma, "
+            gr.Markdown(f"**Files**: compress a file (any bytes, ≤ {codec_tab.FILE_MAX_BYTES // 2**20} MB) or, without "
+                        f"one, the text above into a `{codec_tab.BLM_SUFFIX}` file, with whichever of the model (files up "
+                        f"to {codec_tab.NEURAL_FILE_MAX_BYTES // 1024} KB: it decodes a few hundred bytes a second), lzma, "
                         "bz2, zlib or stored is smallest; decompress a "
-                        f"`{demo.BLM_SUFFIX}` file back to the original (one the model coded needs the same model). "
+                        f"`{codec_tab.BLM_SUFFIX}` file back to the original (one the model coded needs the same model). "
                         "Larger files: `python -m bitlm.neural_codec`.")
             with gr.Row():
                 with gr.Column():
-                    codec_file = gr.File(label=f"File to compress (≤ {demo.FILE_MAX_BYTES // 2**20} MB)",
+                    codec_file = gr.File(label=f"File to compress (≤ {codec_tab.FILE_MAX_BYTES // 2**20} MB)",
                                          elem_id="codec-file")
                     codec_file.data_model = AnyUpload
                     file_compress_btn = gr.Button("Compress the file (or the text)", variant="primary",
                                                   elem_id="file-compress-btn")
-                    blm_out = gr.File(label=f"Compressed file ({demo.BLM_SUFFIX})", interactive=False,
+                    blm_out = gr.File(label=f"Compressed file ({codec_tab.BLM_SUFFIX})", interactive=False,
                                       elem_id="blm-out")
                 with gr.Column():
-                    blm_in = gr.File(label=f"{demo.BLM_SUFFIX} file to decompress", elem_id="blm-in")
+                    blm_in = gr.File(label=f"{codec_tab.BLM_SUFFIX} file to decompress", elem_id="blm-in")
                     blm_in.data_model = AnyUpload
                     file_decompress_btn = gr.Button("Decompress the file", elem_id="file-decompress-btn")
                     restored = gr.File(label="Decompressed file", interactive=False, elem_id="restored")
@@ -237,10 +237,10 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
         gr.on([layer.change, head.change], demo.heatmap, [attention, layer, head], heat_plot, show_progress="hidden",
               api_visibility="private", **RAW)
 
-        compress_btn.click(demo.compress, [codec_in, codec_mode, method, parity],
+        compress_btn.click(codec_tab.compress, [codec_in, codec_mode, method, parity],
                            [stream, codec_text, codec_ratio, codec_status], api_name="compress",
                            concurrency_limit=4, **RAW)
-        decompress_btn.click(demo.decompress, [stream, parity],
+        decompress_btn.click(codec_tab.decompress, [stream, parity],
                              [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress",
                              concurrency_limit=4, **RAW)
         neural_btn.click(api.neural_compress, [codec_in, visitor], [neural_table, neural_status],

@@ -1,10 +1,10 @@
 """The app's public endpoints (web UI, HTTP API and MCP tools), each acting for the calling visitor.
 
-`Endpoints` binds the work in `bitlm.demo` and the ownership rules in `bitlm.visitors` to a Gradio
-session: every method takes the visitor's `gr.State` value (a `Visitor`) and the request, finds the
+`Endpoints` binds the work in `bitlm.demo` and `bitlm.codec_tab` and the ownership rules in
+`bitlm.visitors` to a Gradio session: every method takes the visitor's `gr.State` value (a `Visitor`) and the request, finds the
 model that visitor uses and the run they own, and returns what the UI shows, with the updated visitor.
 The methods' docstrings are the API's and the MCP tools' descriptions. Inputs arrive unprocessed (the
-app's events skip Gradio's preprocessing), so every value is checked here or in `bitlm.demo`.
+app's events skip Gradio's preprocessing), so every value is checked here, in `bitlm.demo` or in `bitlm.codec_tab`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from bitlm import demo, plots
+from bitlm import codec_tab, demo, plots
 from bitlm.inputs import friendly, log, ok, warn
 from bitlm.visitors import BUSY_HINT, AppModel, SharedTrainer, Visitor, read_train_request, telemetry_alert
 
@@ -163,7 +163,7 @@ class Endpoints:
             the bits-per-byte table and a status message.
         """
         visitor = _visitor(visitor, request)
-        table, status = demo.codec_neural(visitor.model(self.shipped), text,
+        table, status = codec_tab.codec_neural(visitor.model(self.shipped), text,
                                           lambda fraction, what: progress(fraction, desc=what))
         return plots.json_safe(table), status
 
@@ -181,7 +181,7 @@ class Endpoints:
             status message.
         """
         visitor = _visitor(visitor, request)
-        result = demo.compress_upload(visitor.model(self.shipped), upload, text, self._files_dir(visitor),
+        result = codec_tab.compress_upload(visitor.model(self.shipped), upload, text, self._files_dir(visitor),
                                       lambda fraction, what: progress(fraction, desc=what))
         return result.path, plots.json_safe(result.table), result.status
 
@@ -197,7 +197,7 @@ class Endpoints:
             or one compressed with another model).
         """
         visitor = _visitor(visitor, request)
-        result = demo.decompress_upload(visitor.model(self.shipped), upload, self._files_dir(visitor),
+        result = codec_tab.decompress_upload(visitor.model(self.shipped), upload, self._files_dir(visitor),
                                         lambda fraction, what: progress(fraction, desc=what))
         return result.path, result.status
 

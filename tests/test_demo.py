@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from bitlm import demo
+from bitlm import codec_tab, demo
 from bitlm.bits import bytes_to_bits, format_bits, text_to_bits
 from bitlm.codec import CodecError, compress_bits, compression_ratio
 from bitlm.model import BitLMConfig, BitTransformerLM, Generation
@@ -123,8 +123,8 @@ def test_every_generate_bound_the_ui_states_is_accepted(tiny_model, kwargs):
     assert "Generated" in result.status and result.bits, result.status
 
 
-@pytest.mark.parametrize("call", [lambda: demo.compress("x" * demo.CODEC_MAX_CHARS, "text", "auto", True),
-                                  lambda: demo.compress("1" * demo.CODEC_MAX_BITS, "bits", "auto", True)])
+@pytest.mark.parametrize("call", [lambda: codec_tab.compress("x" * codec_tab.CODEC_MAX_CHARS, "text", "auto", True),
+                                  lambda: codec_tab.compress("1" * codec_tab.CODEC_MAX_BITS, "bits", "auto", True)])
 def test_every_codec_bound_the_ui_states_is_accepted(call):
     assert call().status.startswith("✓")
 
@@ -379,18 +379,18 @@ def test_heatmap_clamps_layer_and_head(tiny_model):
 @pytest.mark.parametrize("parity", [True, False])
 def test_codec_round_trip(method, parity):
     text = "aaaaaaaaaaaaaaaabbbbbbbb — ünïcode ✓"
-    packed = demo.compress(text, "text", method, parity)
+    packed = codec_tab.compress(text, "text", method, parity)
     assert packed.status.startswith("✓") and packed.ratio > 0
     assert f"`{method}`" in packed.status or method == "auto"
-    unpacked = demo.decompress(packed.bits, parity)
+    unpacked = codec_tab.decompress(packed.bits, parity)
     assert unpacked.text == text and unpacked.ratio == packed.ratio
     assert unpacked.bits == format_bits(text_to_bits(text, parity=parity), group=9 if parity else 8,
                                         groups_per_line=demo.GROUPS_PER_LINE)
 
 
 def test_codec_typed_bits_round_trip():
-    packed = demo.compress("0000 0000 0000 1111 1111 1", "bits", "rle", True)
-    unpacked = demo.decompress(packed.bits, False)
+    packed = codec_tab.compress("0000 0000 0000 1111 1111 1", "bits", "rle", True)
+    unpacked = codec_tab.decompress(packed.bits, False)
     assert unpacked.bits.replace(" ", "").replace("\n", "") == "0" * 12 + "1" * 9
     assert "not clean text" in unpacked.status  # 21 bits are not whole bytes: said, not failed
 
@@ -401,26 +401,26 @@ def test_codec_corrupted_and_truncated_streams():
     bad_magic = good.clone()
     bad_magic[0] ^= 1
     for stream in (truncated, format_bits(bad_magic, group=8), "0" * 10):
-        assert_friendly(demo.decompress(stream, True).status, "Not a valid compressed stream")
+        assert_friendly(codec_tab.decompress(stream, True).status, "Not a valid compressed stream")
 
 
 @pytest.mark.parametrize("call,fragment", [
-    (lambda: demo.compress("", "text", "auto", True), "empty"),
-    (lambda: demo.compress(" \n ", "text", "auto", True), "whitespace"),
-    (lambda: demo.compress(HUGE, "text", "auto", True), "limit"),
-    (lambda: demo.compress("01x", "bits", "auto", True), "invalid character 'x'"),
-    (lambda: demo.compress("1" * 1_000_000, "bits", "auto", True), "limit"),
-    (lambda: demo.compress("hi", "text", "zip", True), "Unknown method"),
-    (lambda: demo.decompress("", True), "empty"),
-    (lambda: demo.decompress("   ", True), "empty"),
-    (lambda: demo.decompress("0101 01O1", True), "invalid character 'O'"),
-    (lambda: demo.decompress("1" * 1_000_000, True), "limit"),
-    (lambda: demo.compress(None, "text", "auto", True), "empty"),
-    (lambda: demo.compress(3.5, "text", "auto", True), "must be text"),
-    (lambda: demo.compress("hi", None, "auto", True), "Unknown input mode"),
-    (lambda: demo.compress("hi", "text", "auto", "no"), "parity setting must be true or false"),
-    (lambda: demo.decompress(101, True), "must be text of 0s and 1s"),
-    (lambda: demo.decompress("0101", None), "parity setting"),
+    (lambda: codec_tab.compress("", "text", "auto", True), "empty"),
+    (lambda: codec_tab.compress(" \n ", "text", "auto", True), "whitespace"),
+    (lambda: codec_tab.compress(HUGE, "text", "auto", True), "limit"),
+    (lambda: codec_tab.compress("01x", "bits", "auto", True), "invalid character 'x'"),
+    (lambda: codec_tab.compress("1" * 1_000_000, "bits", "auto", True), "limit"),
+    (lambda: codec_tab.compress("hi", "text", "zip", True), "Unknown method"),
+    (lambda: codec_tab.decompress("", True), "empty"),
+    (lambda: codec_tab.decompress("   ", True), "empty"),
+    (lambda: codec_tab.decompress("0101 01O1", True), "invalid character 'O'"),
+    (lambda: codec_tab.decompress("1" * 1_000_000, True), "limit"),
+    (lambda: codec_tab.compress(None, "text", "auto", True), "empty"),
+    (lambda: codec_tab.compress(3.5, "text", "auto", True), "must be text"),
+    (lambda: codec_tab.compress("hi", None, "auto", True), "Unknown input mode"),
+    (lambda: codec_tab.compress("hi", "text", "auto", "no"), "parity setting must be true or false"),
+    (lambda: codec_tab.decompress(101, True), "must be text of 0s and 1s"),
+    (lambda: codec_tab.decompress("0101", None), "parity setting"),
 ])
 def test_bad_codec_input(call, fragment):
     result = call()
@@ -430,7 +430,7 @@ def test_bad_codec_input(call, fragment):
 
 def test_codec_neural_round_trip_and_table(tiny_model):
     calls = []
-    result = demo.codec_neural(tiny_model, "héllo → 世界, to be or not to be", lambda f, what: calls.append((f, what)))
+    result = codec_tab.codec_neural(tiny_model, "héllo → 世界, to be or not to be", lambda f, what: calls.append((f, what)))
     assert result.status.startswith("✓") and "round trip exact" in result.status
     methods = list(result.table["method"])
     assert methods[:2] == ["model (neural codec)", "model cross-entropy (ideal coder)"]
@@ -440,7 +440,7 @@ def test_codec_neural_round_trip_and_table(tiny_model):
     assert {what for _, what in calls} == {"encoding", "decoding"}
     assert "no better than chance" in result.status  # the untrained fallback says so
     loaded = AppModel(tiny_model.model, "a model named 'untrained' by its folder")
-    assert "no better than chance" not in demo.codec_neural(loaded, "to be or not to be").status
+    assert "no better than chance" not in codec_tab.codec_neural(loaded, "to be or not to be").status
 
 
 def test_codec_neural_is_the_exact_codec_and_says_why_a_v1_model_cannot_drive_it(tiny_model):
@@ -449,13 +449,13 @@ def test_codec_neural_is_the_exact_codec_and_says_why_a_v1_model_cannot_drive_it
     from bitlm import neural_codec
     text = "to be or not to be, that is the question"
     blob = neural_codec.compress_file(text.encode(), tiny_model.model, methods=("neural",)).blob
-    status = demo.codec_neural(tiny_model, text).status
+    status = codec_tab.codec_neural(tiny_model, text).status
     assert f"→ {len(blob):,} bytes with the model" in status
     v1 = AppModel(BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")), "v1")
-    assert_friendly(demo.codec_neural(v1, text).status, "neural method could not run", "ALiBi")
+    assert_friendly(codec_tab.codec_neural(v1, text).status, "neural method could not run", "ALiBi")
 
 
-@pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (demo.NEURAL_MAX_CHARS + 1), "limit"),
+@pytest.mark.parametrize("text,fragment", [("", "empty"), ("   ", "whitespace"), ("x" * (codec_tab.NEURAL_MAX_CHARS + 1), "limit"),
                                            (None, "empty"), (float("nan"), "must be text")])
 def test_codec_neural_bad_input(tiny_model, text, fragment):
-    assert_friendly(demo.codec_neural(tiny_model, text).status, fragment)
+    assert_friendly(codec_tab.codec_neural(tiny_model, text).status, fragment)

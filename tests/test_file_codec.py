@@ -1,4 +1,4 @@
-"""The Codec tab's files (`demo.compress_upload`, `demo.decompress_upload`, `plots.file_codec_table`): round
+"""The Codec tab's files (`codec_tab.compress_upload`, `codec_tab.decompress_upload`, `plots.file_codec_table`): round
 trips of an upload and of typed text through `.blm` files, the table beside zlib, bz2 and lzma, the caps, and
 every failure (nothing, not a file, empty, too large, truncated, flipped, foreign, another model) as a
 friendly message and one log line."""
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bitlm import demo, neural_codec, plots
+from bitlm import codec_tab, neural_codec, plots
 from bitlm.model import BitLMConfig, BitTransformerLM
 from bitlm.visitors import AppModel, load_app_model
 from conftest import assert_friendly
@@ -37,7 +37,7 @@ DATA = bytes(range(256)) + "to be or not to be — 世界 🙂\n".encode() * 8
 
 def test_file_round_trip_and_table(tiny_model, tmp_path, out):
     calls = []
-    result = demo.compress_upload(tiny_model, upload(write(tmp_path, "notes.bin", DATA)), "ignored", out,
+    result = codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "notes.bin", DATA)), "ignored", out,
                                   lambda fraction, what: calls.append(fraction))
     assert result.status.startswith("✓") and result.path == str(out / "notes.bin.blm"), result.status
     blob = open(result.path, "rb").read()
@@ -49,15 +49,15 @@ def test_file_round_trip_and_table(tiny_model, tmp_path, out):
     assert chosen["file bytes"] == len(blob) == table["file bytes"].min()
     assert chosen["bits per byte"] == round(8 * len(blob) / len(DATA), 3)
     assert calls and calls[-1] == 1.0  # the model's progress
-    back = demo.decompress_upload(tiny_model, upload(result.path), out)
+    back = codec_tab.decompress_upload(tiny_model, upload(result.path), out)
     assert back.status.startswith("✓") and back.path == str(out / "notes.bin"), back.status
     assert open(back.path, "rb").read() == DATA
 
 
 def test_typed_text_round_trip(tiny_model, out):
-    result = demo.compress_upload(tiny_model, None, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb", out)
+    result = codec_tab.compress_upload(tiny_model, None, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb", out)
     assert result.status.startswith("✓") and result.path.endswith("text.blm")
-    back = demo.decompress_upload(tiny_model, upload(out / "text.blm"), out)
+    back = codec_tab.decompress_upload(tiny_model, upload(out / "text.blm"), out)
     assert open(back.path, "rb").read() == b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbb"
     assert back.path.endswith("/text")
 
@@ -65,36 +65,36 @@ def test_typed_text_round_trip(tiny_model, out):
 def test_a_neural_file_round_trips_and_needs_its_model(tiny_model, tmp_path, out):
     blob = neural_codec.compress_file(DATA[:300], tiny_model.model, methods=("neural",)).blob
     path = write(tmp_path, "n.blm", blob)
-    back = demo.decompress_upload(tiny_model, upload(path), out)
+    back = codec_tab.decompress_upload(tiny_model, upload(path), out)
     assert back.status.startswith("✓") and "neural" in back.status and open(back.path, "rb").read() == DATA[:300]
     other = load_app_model(tmp_path / "none", fallback_preset="small")
-    assert_friendly(demo.decompress_upload(other, upload(path), out).status, "compressed with model",
+    assert_friendly(codec_tab.decompress_upload(other, upload(path), out).status, "compressed with model",
                     "to switch model here")
 
 
 def test_large_inputs_skip_the_model_and_are_capped(tiny_model, tmp_path, out, monkeypatch):
-    monkeypatch.setattr(demo, "NEURAL_FILE_MAX_BYTES", 100)
-    result = demo.compress_upload(tiny_model, upload(write(tmp_path, "big.txt", DATA)), "", out)
+    monkeypatch.setattr(codec_tab, "NEURAL_FILE_MAX_BYTES", 100)
+    result = codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "big.txt", DATA)), "", out)
     assert result.status.startswith("✓") and "The model was not tried" in result.status
     assert "neural" not in set(result.table["method"])
     neural = neural_codec.compress_file(DATA[:200], tiny_model.model, methods=("neural",)).blob
-    assert_friendly(demo.decompress_upload(tiny_model, upload(write(tmp_path, "n.blm", neural)), out).status,
+    assert_friendly(codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "n.blm", neural)), out).status,
                     "coded by the model", "python -m bitlm.neural_codec decompress")
-    monkeypatch.setattr(demo, "FILE_MAX_BYTES", 200)
-    assert_friendly(demo.compress_upload(tiny_model, upload(tmp_path / "big.txt"), "", out).status,
+    monkeypatch.setattr(codec_tab, "FILE_MAX_BYTES", 200)
+    assert_friendly(codec_tab.compress_upload(tiny_model, upload(tmp_path / "big.txt"), "", out).status,
                     "the limit here is 200 bytes")
     classic = neural_codec.compress_file(DATA, None).blob
-    assert_friendly(demo.decompress_upload(tiny_model, upload(write(tmp_path, "c.blm", classic)), out).status,
+    assert_friendly(codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "c.blm", classic)), out).status,
                     "the app decompresses at most 200")
 
 
 def test_untrained_and_v1_notes(tiny_model, out):
-    assert "untrained" in demo.compress_upload(tiny_model, None, "hello there", out).status
+    assert "untrained" in codec_tab.compress_upload(tiny_model, None, "hello there", out).status
     v1 = AppModel(BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")), "v1")
-    result = demo.compress_upload(v1, None, "hello there, hello there", out)
+    result = codec_tab.compress_upload(v1, None, "hello there, hello there", out)
     assert result.status.startswith("✓") and "The model was not tried" in result.status and "ALiBi" in result.status
     blob = neural_codec.compress_file(b"hello there", tiny_model.model, methods=("neural",)).blob
-    assert_friendly(demo.decompress_upload(v1, upload(write(out, "n.blm", blob)), out).status, "Cannot decompress")
+    assert_friendly(codec_tab.decompress_upload(v1, upload(write(out, "n.blm", blob)), out).status, "Cannot decompress")
 
 
 BLOB = neural_codec.compress_file(DATA, None).blob
@@ -111,7 +111,7 @@ BAD_BLOBS = {
 def test_bad_compressed_files_are_friendly(tiny_model, tmp_path, out, caplog, name):
     data, fragment = BAD_BLOBS[name]
     with caplog.at_level(logging.WARNING, logger="bitlm.app"):
-        result = demo.decompress_upload(tiny_model, upload(write(tmp_path, "x.blm", data)), out)
+        result = codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "x.blm", data)), out)
     assert result.path is None
     assert_friendly(result.status, fragment)
     assert "\n" not in result.status
@@ -123,24 +123,24 @@ def test_bad_compressed_files_are_friendly(tiny_model, tmp_path, out, caplog, na
                                             ("/etc/passwd", "is not a file"), (12, "is not a file"),
                                             ({"path": "/nonexistent/x.blm"}, "is gone")])
 def test_bad_uploads_are_friendly(tiny_model, out, value, fragment):
-    assert_friendly(demo.decompress_upload(tiny_model, value, out).status, fragment)
+    assert_friendly(codec_tab.decompress_upload(tiny_model, value, out).status, fragment)
 
 
 @pytest.mark.parametrize("value,text,fragment", [(None, "", "codec input is empty"), (None, 12, "must be text"),
                                                  ("/etc/passwd", "x", "is not a file")])
 def test_bad_compress_inputs_are_friendly(tiny_model, out, value, text, fragment):
-    result = demo.compress_upload(tiny_model, value, text, out)
+    result = codec_tab.compress_upload(tiny_model, value, text, out)
     assert result.path is None
     assert_friendly(result.status, fragment)
 
 
 def test_an_empty_upload_is_refused(tiny_model, tmp_path, out):
-    assert_friendly(demo.compress_upload(tiny_model, upload(write(tmp_path, "e.txt", b"")), "x", out).status,
+    assert_friendly(codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "e.txt", b"")), "x", out).status,
                     "“e.txt” is empty")
 
 
 def test_file_names_are_made_safe(tiny_model, tmp_path, out):
-    result = demo.compress_upload(tiny_model, upload(write(tmp_path, "f.txt", b"abc"), "../../etc/pa ss?wd"), "", out)
+    result = codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "f.txt", b"abc"), "../../etc/pa ss?wd"), "", out)
     assert result.path == str(out / "pa_ss_wd.blm")
 
 
