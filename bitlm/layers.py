@@ -226,17 +226,16 @@ class Block(nn.Module):
              weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """`forward` for cached inference steps (eval mode, no grad) with `step_weights()`: the same
         arithmetic in about a third of the kernel launches, which is what a few-slot step at batch 1
-        pays for: attention as two matmuls over the cache (SDPA's CPU kernels cost ~60 µs a call for
-        one query), no module calls, no dropout. (B, m, C) -> (B, m, C); `cached = recompute` tests
-        hold it to `forward`."""
+        pays for: no module calls, no dropout, weights read as (in, out). (B, m, C) -> (B, m, C);
+        `cached = recompute` tests hold it to `forward`."""
         w_qkv, b_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights
         B, N, C = x.shape
         H = self.attn.n_head
         h = F.layer_norm(x, (C,), self.ln_1.weight, self.ln_1.bias, self.ln_1.eps).view(B * N, C)
         q, k, v = torch.addmm(b_qkv, h, w_qkv).view(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
         k, v = cache.add(layer, k, v)                                                  # (B, H, n, hd)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(C // H)).add_(bias)   # (B, H, m, n)
-        y = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(B * N, C)
+        mask = bias.unsqueeze(0).expand(B, -1, -1, -1)                                 # (B, H, m, n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B * N, C)
         x = x + torch.addmm(b_o, y, w_o).view(B, N, C)
         h = F.layer_norm(x, (C,), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps).view(B * N, C)
         return x + torch.addmm(b_proj, F.gelu(torch.addmm(b_fc, h, w_fc)), w_proj).view(B, N, C)
