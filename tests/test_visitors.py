@@ -1,5 +1,6 @@
 """bitlm.visitors and bitlm.endpoints called directly: each visitor's own model, the one shared trainer
 (ownership, the busy message, stop, the time cap, bounded and cleaned run folders) and Start's refusals."""
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,6 +135,29 @@ def test_a_visitors_trained_model_is_theirs_alone(a, b):
     assert b.model_line() == shipped_line and b.generate() == shipped_bits
     assert a.state.trained.model is not a.api.trainer.run_of("visitor-a").model  # a copy: training never touches it
     assert_friendly(b.use_trained(), "no trained model")  # A's run is not B's to use
+
+
+def test_an_adopted_model_speculates_with_a_draft_of_its_training_text(a):
+    """A trained copy drafts from its run's training split (pydoc here), which only changes the speed:
+    the same generation as without the draft."""
+    assert a.start(steps=20).startswith("✓")
+    finish(a)
+    assert a.use_trained().startswith("✓")
+    draft = a.state.trained.draft
+    assert draft is not None and draft.parity == a.state.trained.model.config.parity
+    with_draft = a.generate()
+    a.state.trained = dataclasses.replace(a.state.trained, draft=None)
+    assert a.generate() == with_draft
+
+
+def test_shipped_model_drafts_from_its_corpus_and_starts_without_one_it_cannot_read(tmp_path, caplog):
+    BitTransformerLM(PRESETS["tiny"][0]).save_pretrained(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question. " * 50)
+    assert load_app_model(tmp_path, "tiny", draft_corpus=str(corpus)).draft.next_byte(list(b"To b")) == ord("e")
+    assert load_app_model(tmp_path, "tiny").draft is None
+    missing = load_app_model(tmp_path, "tiny", draft_corpus=str(tmp_path / "nowhere.txt"))
+    assert missing.draft is None and missing.notice == "" and "no speculative draft" in caplog.text
 
 
 def test_an_adopted_model_gets_its_gate_calibrated_on_its_validation_text(a):
