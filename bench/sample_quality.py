@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("|---" * (len(roles) + 3) + "|")
         ratio = lambda key, fmt: ", ".join(format(totals[r][key] / old[key], fmt) for r in roles)  # noqa: E731
         print("| generation bytes/s | " + " | ".join(f"{totals[r]['bytes_per_s']:.0f}" for r in roles)
-              + f" | {old['bytes_per_s']:.0f} | {ratio('bytes_per_s', '.2f')} ×|")
+              + f" | {old['bytes_per_s']:.0f} | {ratio('bytes_per_s', '.2f')} (×) |")
         print("| words in training vocabulary | " + " | ".join(f"{totals[r]['share']:.1%}" for r in roles)
               + f" | {old['share']:.1%} | {ratio('share', '.3f')} |")
         print("| strict decode | " + " | ".join(f"{totals[r]['passed']}/{len(prompts)}" for r in roles)
