@@ -1,5 +1,6 @@
 """Model benchmark: training throughput p = 1 vs p = 9, generation speed with and without the KV cache,
-telemetry overhead, and generation of the shipped model, plain and speculating with an n-gram draft
+telemetry overhead, the cost of a cached step by its number of new slots, and generation of the
+shipped model, plain and speculating with an n-gram draft
 (`bitlm.draft`; the same bits), beside a previous one (--baseline, default `git:f8e9949`: the v1
 model, learned positions, whose context restarts and re-reads 3/4 of its window every 64 bytes) at
 --bytes bytes on one thread.
@@ -24,6 +25,7 @@ from bench.quality import load_model_arg  # noqa: E402
 from bitlm.bits import text_to_bits  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.draft import NGramDraft  # noqa: E402
+from bitlm.layers import KVCache  # noqa: E402
 from bitlm.model import BitLMConfig, BitTransformerLM  # noqa: E402
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -42,6 +44,24 @@ def alternate(fns: dict, repeats: int) -> dict:
             f()
             times[k].append(time.perf_counter() - t)
     return {k: min(v) for k, v in times.items()}
+
+
+def cached_step_seconds(model: BitTransformerLM, slots: int, context: int = 200, repeats: int = 200) -> float:
+    """Median seconds of one cached global step over `slots` new slots after `context` cached ones (then
+    rolled back, so every step sees the same cache): what generation pays per step, and speculation per
+    guess (`bitlm.generation`)."""
+    cache = KVCache(len(model.blocks), model.config.window)
+    weights = model.step_weights()
+    x = torch.randn(1, slots, model.config.n_embd)
+    times = []
+    with torch.no_grad():
+        model._global_step(torch.randn(1, context, model.config.n_embd), cache, weights)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model._global_step(x, cache, weights)
+            times.append(time.perf_counter() - t)
+            cache.rollback(slots)
+    return sorted(times)[len(times) // 2]
 
 
 def train_step(model: BitTransformerLM, bits: torch.Tensor):
@@ -129,6 +149,15 @@ def main(argv: list[str] | None = None) -> list[tuple]:
             rows.append((f"generate {args.bytes} bytes/s, 1 thread, {role} {checkpoint} ({m.config.pos} positions, "
                          f"{m.num_params() / 1e6:.2f}M params)", f"{rate[role]:,.0f}",
                          f"{rate[role] / rate['baseline']:.2f}x vs baseline", "≥ 3x" if role != "baseline" else ""))
+
+    # 5. why speculation pays: a cached step of the shipped model over m new slots (one thread, 200 cached)
+    _, shipped = load_model_arg(ap, args.model)
+    torch.set_num_threads(1)
+    step_ms = {m: cached_step_seconds(shipped, m) * 1e3 for m in (1, 2, 5, 8)}
+    torch.set_num_threads(os.cpu_count() or 1)
+    for m, ms in step_ms.items():
+        rows.append((f"cached step of {args.model} over {m} new slot{'s' if m > 1 else ''}, 1 thread (ms)", f"{ms:.2f}",
+                     f"{ms / step_ms[1]:.2f}x one slot", ""))
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()} (set explicitly)")
