@@ -1,8 +1,8 @@
 """BitLM's Gradio app (local demo and Hugging Face Space): Generate, Train, Telemetry and Codec tabs.
 
 This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
-the work is in `bitlm.demo` and `bitlm.codec_tab`, ownership in `bitlm.visitors`, figures in `bitlm.plots`. Run `python app.py`;
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
+the work is in `bitlm.demo` and `bitlm.codec_tab`, ownership in `bitlm.visitors`, figures in `bitlm.plots`.
+Run `python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
 BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors),
 BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation).
 The public endpoints are also an MCP server (/gradio_api/mcp/).
@@ -175,7 +175,7 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
                     codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                     codec_text = gr.Textbox(lines=2, label="Decompressed text")
             gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
-                        f"(text ≤ {codec_tab.NEURAL_MAX_CHARS:,} characters; about 500 bytes a second each way, "
+                        f"(text ≤ {codec_tab.NEURAL_MAX_CHARS:,} characters; decoding runs about 250 bytes a second, "
                         f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
             neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
             neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                  f"{(fwd['full'] / fwd['off'] - 1) * 100:+.1f} %", ""))
 
     # 4. the shipped model vs the previous one: args.bytes bytes after one prompt, one thread, in turn
+    checkpoint, shipped = load_model_arg(ap, args.model)
     if args.baseline != "none":
-        checkpoint, shipped = load_model_arg(ap, args.model)
         draft = NGramDraft("".join(split_corpus(load_corpus(args.draft_corpus))[0]), parity=shipped.config.parity)
         runs = {"model": (checkpoint, shipped, None),
                 "model + draft": (f"{checkpoint} speculating with a {args.draft_corpus} draft", shipped, draft),
@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                          f"{rate[role] / rate['baseline']:.2f}x vs baseline", "≥ 3x" if role != "baseline" else ""))
 
     # 5. why speculation pays: a cached step of the shipped model over m new slots (one thread, 200 cached)
-    _, shipped = load_model_arg(ap, args.model)
     torch.set_num_threads(1)
     step_ms = {m: cached_step_seconds(shipped, m) * 1e3 for m in (1, 2, 5, 8)}
     torch.set_num_threads(os.cpu_count() or 1)

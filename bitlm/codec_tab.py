@@ -24,8 +24,8 @@ from bitlm.visitors import AppModel
 # Input caps, shown in the UI next to the fields they limit.
 CODEC_MAX_CHARS = 10_000
 CODEC_MAX_BITS = CODEC_MAX_CHARS * 9 * 4
-# The model codes about 500 bytes/s each way in one lane; from 512 bytes on, inputs go in parallel lanes
-# (2 000 bytes: ~2 000 bytes/s on one thread, 5 000 characters: ~4 000 bytes/s on two).
+# The exact codec decodes ~250 bytes/s in one lane (encoding is several times faster); from 512 bytes on,
+# inputs go in parallel lanes (5 000 characters: decode ~900 bytes/s on one thread, ~1 500 on two).
 NEURAL_MAX_CHARS = 5_000
 # Files: the Codec tab compresses and decompresses up to FILE_MAX_BYTES; the model (neural method) is tried
 # on inputs up to NEURAL_FILE_MAX_BYTES and decodes a neural file only up to that length, since decoding is

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from bitlm.bits import bytes_to_bits
 
 
 class NGramDraft:
@@ -44,8 +47,9 @@ class NGramDraft:
             self.keys.append(keys)
             self.best.append((pairs[order][first] & 255).astype(np.uint8))
         self.fallback = int(np.bincount(a, minlength=256).argmax())
-        # patterns <-> bytes: a parity frame is byte << 1 | parity(byte)
-        self._to_pattern = [(b << 1) | (bin(b).count("1") & 1) for b in range(256)] if parity else list(range(256))
+        # byte -> pattern: its frame (bitlm.bits' framing) read MSB first, as the model reads a patch
+        frames = bytes_to_bits(bytes(range(256)), parity=parity).view(256, -1).long()     # (256, 9 | 8)
+        self._to_pattern = (frames * (1 << torch.arange(frames.size(1) - 1, -1, -1))).sum(1).tolist()
 
     def next_byte(self, history: Sequence[int]) -> int:
         """The guess after the bytes `history` (most recent last)."""

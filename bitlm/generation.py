@@ -204,7 +204,8 @@ class BitDecoder:
         self.start = 0                       # first patch of the context (moves only on v1 restarts)
         self.cache: KVCache | None = None
         self.slot = -1                       # absolute slot (patch index) whose state is held
-        self.h: torch.Tensor | None = None   # (B, 1, C) that slot's global state
+        self.h: torch.Tensor | None = None   # (B, 1, C) that slot's state, for the transformer local model
+                                             # (which never speculates: guessed slots do not update it)
         self.table: list | None = None       # per lane: (2^p - 1) rows of (log P(0), log P(1))
         self.weights = model.step_weights() if use_cache else None
         # Speculation: one lane of text (a patch is a byte's frame), a cache that slides, the factorized
