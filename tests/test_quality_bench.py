@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench import compressors, quality, sample_quality
+from bench.model import sampled_byte_probs
 from bitlm.bits import bits_to_bytes, bytes_to_bits, text_to_bits
 from bitlm.data import load_corpus, split_corpus
 from bitlm.evaluate import evaluate_model, vocabulary, word_share, words
@@ -206,3 +207,21 @@ def test_sample_quality_bench_end_to_end(tiny_checkpoint, capsys):
     assert "| 100.0% | 1.000 |" in out
     # speculation with a draft from the training split gives the plain generation's bits
     assert "speculation: 2/2 generations bit-identical to plain generation" in out
+
+
+def test_sampled_byte_probs_are_the_samplers_byte_distribution():
+    """bench/model.py's speculation ceiling rests on q: it must be a distribution over the 256 bytes,
+    and at temperature ~0 all its mass sits on the byte greedy generation writes."""
+    torch.manual_seed(0)
+    model = BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=32, block_size=9 * 16, pos="alibi")).eval()
+    prompt = text_to_bits("ab")
+    greedy = model.generate(prompt, 9 * 6, temperature=0.0).bits.long()
+    bits = torch.cat([prompt, greedy])
+    for temperature in (1.0, 0.5):
+        q = sampled_byte_probs(model, bits, temperature)
+        assert q.shape == (8, 256)
+        assert torch.allclose(q.sum(1), torch.ones(8), atol=1e-5)
+    q = sampled_byte_probs(model, bits, 1e-4)
+    written = [int(greedy[9 * j:9 * j + 8].dot(2 ** torch.arange(7, -1, -1))) for j in range(6)]
+    assert q[2:8].argmax(1).tolist() == written
+    assert (q[2:8].max(1).values > 0.99).all()
