@@ -99,6 +99,7 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         else:
             self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
         self._bias_cache: dict = {}
+        self._step_weights: tuple | None = None      # (weights' versions, step_weights()), see step_weights
         self.bos = nn.Parameter(torch.zeros(c.n_embd))
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout) for _ in range(c.n_layer))
@@ -214,8 +215,16 @@ class BitTransformerLM(nn.Module, PyTorchModelHubMixin, library_name="bitlm", ta
         return self.ln_f(x)
 
     def step_weights(self) -> list[tuple[torch.Tensor, ...]]:
-        """Each block's `step_weights()`, for `_global_step` (a decoder takes them once)."""
-        return [block.step_weights() for block in self.blocks]
+        """Each block's `step_weights()`, for `_global_step` (a decoder takes them once). One copy per
+        model, shared by every decoder (visitors generating at once, gate retries) and taken again
+        only when a weight changed since (tensor version counters and addresses: training, `to()`,
+        `load_state_dict`; writes through `.data` bypass the counters and are not seen). Callers must
+        not write to it."""
+        key = tuple((t._version, t.data_ptr()) for block in self.blocks for t in block.parameters())
+        cached = self._step_weights
+        if cached is None or cached[0] != key:
+            cached = self._step_weights = (key, [block.step_weights() for block in self.blocks])
+        return cached[1]
 
     def _global_step(self, x: torch.Tensor, cache: KVCache, weights: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """(B, m, C) inputs of the next m slots -> (B, m, C) states, attending to the cached slots

@@ -389,6 +389,31 @@ def test_kv_cache_rolls_back_only_the_last_step():
         assert cache.pos == 3
 
 
+def test_step_weights_are_shared_until_a_weight_changes():
+    """Decoders share one copy of the step weights; a training step, load_state_dict or to() makes
+    the next decoder read the new weights (generation then equals the full forward again)."""
+    model = make("p9")
+    first = model.step_weights()
+    assert model.step_weights() is first
+    prompt = text_to_bits("Hi")
+    before = model.generate(prompt, 9 * 4, temperature=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    model.loss(text_to_bits("other").view(1, -1)).loss.backward()
+    opt.step()
+    model.eval()
+    second = model.step_weights()
+    assert second is not first
+    assert not torch.equal(second[0][0], first[0][0])
+    assert torch.equal(second[0][0], model.blocks[0].attn.c_attn.weight.detach().t())
+    cached = model.generate(prompt, 9 * 4, temperature=0.0)
+    full = model.generate(prompt, 9 * 4, temperature=0.0, use_cache=False)
+    assert torch.equal(cached.bits, full.bits) and torch.allclose(cached.probs, full.probs, atol=1e-5)
+    assert not torch.allclose(cached.probs, before.probs, atol=1e-3)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    assert model.step_weights() is not second
+
+
 def test_sliding_window_sees_bos_and_the_last_window_slots():
     """Slot i's prediction depends on BOS and slots i - window + 2..i only (patches of those slots'
     inputs); changing an older patch changes nothing in the first layer's view, so with one layer the
