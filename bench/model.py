@@ -27,6 +27,7 @@ from bench.quality import load_model_arg  # noqa: E402
 from bitlm.bits import bytes_to_bits, text_to_bits  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.draft import NGramDraft  # noqa: E402
+from bitlm.generation import LOOKAHEAD  # noqa: E402
 from bitlm.layers import KVCache, bit_conditionals  # noqa: E402
 from bitlm.model import BitLMConfig, BitTransformerLM  # noqa: E402
 
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         rows.append(("draft's guess sampled, temperature 0.8 (share of bytes)", f"{a:.3f}", "", ""))
         rows.append(("likeliest byte sampled: the best any single guess can do", f"{best:.3f}",
                      f"{best / a:.2f}x the draft", ""))
-        rows.append(("bytes per step speculating 4 ahead: measured / perfect draft / perfect, unbounded",
-                     f"{per_step:.2f} / {(1 - best ** 5) / (1 - best):.2f} / {1 / (1 - best):.2f}", "", ""))
+        rows.append((f"bytes per step speculating {LOOKAHEAD} ahead: measured / perfect draft / perfect, unbounded",
+                     f"{per_step:.2f} / {(1 - best ** (LOOKAHEAD + 1)) / (1 - best):.2f} / {1 / (1 - best):.2f}", "", ""))
         # generous: more slots per step cost more (section 5), so no draft can reach this speed
         bound = rate["model + draft"] / per_step / (1 - best)
         rows.append(("generate bytes/s bound: perfect draft, unbounded lookahead, today's cost per step",
