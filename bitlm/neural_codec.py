@@ -167,6 +167,25 @@ def neural_fingerprint(model: BitTransformerLM) -> bytes:
     return h.digest()[:2]
 
 
+# The neural fingerprints of models shipped in assets/ before the current one, and the commit that
+# shipped each: a file one of them compressed decodes only with that model, which its commit still holds.
+EARLIER_SHIPPED = {
+    "fe5f": ("698a0ff", "BitLM base v2 after 100 minutes, shipped 2026-11-30 01:31"),
+    "1e60": ("1ff0b1b", "BitLM base v2 after 195 minutes, shipped 2026-11-30 03:58"),
+}
+
+
+def earlier_model_hint(fingerprint: bytes) -> str:
+    """Where to find the earlier shipped model with this neural fingerprint ("" when none is known)."""
+    known = EARLIER_SHIPPED.get(fingerprint.hex())
+    if known is None:
+        return ""
+    commit, name = known
+    return (f" (model {fingerprint.hex()} is {name}: `mkdir old && git show {commit}:assets/config.json > "
+            f"old/config.json && git show {commit}:assets/model.safetensors > old/model.safetensors`, then "
+            f"--model old)")
+
+
 def neural_lanes(n: int) -> int:
     """Lanes an n-byte input is coded in: one per LANE_BYTES, 1 to MAX_LANES."""
     return max(1, min(MAX_LANES, n // LANE_BYTES))
@@ -378,7 +397,8 @@ def decompress_file(blob: bytes, model: BitTransformerLM | None, max_bytes: int 
         loaded = neural_fingerprint(model)
         if loaded != h.fingerprint:
             raise NeuralCodecError(f"this file was compressed with model {h.fingerprint.hex()}, but the loaded model "
-                                   f"is {loaded.hex()}; decompress it with the model that compressed it")
+                                   f"is {loaded.hex()}; decompress it with the model that compressed it"
+                                   + earlier_model_hint(h.fingerprint))
         out = neural_decode(model, payload, h.length, on_progress, device)
     else:
         out = _classic_decompress(h.method, payload, h.length)

@@ -84,6 +84,22 @@ def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
     worker("decode", str(saved), str(b), "--threads", "2")
 
 
+def test_a_file_of_an_earlier_shipped_model_says_where_that_model_is(fitted, monkeypatch):
+    blob = nc.compress_file(INPUTS["shakespeare"][:600], fitted, methods=("neural",)).blob
+    other = BitTransformerLM(BitLMConfig(**TINY_V2)).eval()
+    with pytest.raises(CodecError) as plain:
+        nc.decompress_file(blob, other)
+    assert "git show" not in str(plain.value)
+    monkeypatch.setitem(nc.EARLIER_SHIPPED, nc.neural_fingerprint(fitted).hex(), ("abc1234", "an earlier model"))
+    with pytest.raises(CodecError, match="is an earlier model: .*git show abc1234:assets/model.safetensors"):
+        nc.decompress_file(blob, other)
+
+
+def test_the_shipped_model_is_not_listed_as_an_earlier_one():
+    shipped = BitTransformerLM.from_pretrained(ROOT / "assets")
+    assert nc.neural_fingerprint(shipped).hex() not in nc.EARLIER_SHIPPED
+
+
 def test_wrong_model_names_both(fitted):
     blob = nc.compress_file(INPUTS["shakespeare"][:600], fitted, methods=("neural",)).blob
     other = BitTransformerLM(BitLMConfig(**TINY_V2)).eval()
