@@ -181,7 +181,7 @@ def earlier_model_hint(fingerprint: bytes) -> str:
     if known is None:
         return ""
     commit, name = known
-    return (f" (model {fingerprint.hex()} is {name}: `mkdir old && git show {commit}:assets/config.json > "
+    return (f" (model {fingerprint.hex()} matches {name}: `mkdir old && git show {commit}:assets/config.json > "
             f"old/config.json && git show {commit}:assets/model.safetensors > old/model.safetensors`, then "
             f"--model old)")
 

@@ -91,7 +91,7 @@ def test_a_file_of_an_earlier_shipped_model_says_where_that_model_is(fitted, mon
         nc.decompress_file(blob, other)
     assert "git show" not in str(plain.value)
     monkeypatch.setitem(nc.EARLIER_SHIPPED, nc.neural_fingerprint(fitted).hex(), ("abc1234", "an earlier model"))
-    with pytest.raises(CodecError, match="is an earlier model: .*git show abc1234:assets/model.safetensors"):
+    with pytest.raises(CodecError, match="matches an earlier model: .*git show abc1234:assets/model.safetensors"):
         nc.decompress_file(blob, other)
 
 
