@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.quality import load_model_arg  # noqa: E402
-from bitlm.bits import bytes_to_bits, text_to_bits  # noqa: E402
+from bitlm.bits import bits_to_bytes, bytes_to_bits, text_to_bits  # noqa: E402
 from bitlm.data import load_corpus, split_corpus  # noqa: E402
 from bitlm.draft import NGramDraft  # noqa: E402
 from bitlm.generation import LOOKAHEAD  # noqa: E402
@@ -106,7 +106,7 @@ def speculation_ceiling(model: BitTransformerLM, draft: NGramDraft, n_bytes: int
         steps += len(calls) - 1                                  # the first call reads the prompt
         bits = torch.cat([prompt, gen.bits.long()])
         q = sampled_byte_probs(model, bits, temperature)
-        byte = [int(bits[j * p:j * p + 8].dot(2 ** torch.arange(7, -1, -1))) for j in range(bits.numel() // p)]
+        byte = list(bits_to_bytes(bits, parity=model.config.parity))
         for j in range(prompt.numel() // p, len(byte)):
             guessed += float(q[j, draft.next_byte(byte[max(0, j - draft.max_order):j])])
             best += float(q[j].max())

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from bitlm.model import BitTransformerLM
 
 # Guessed patches a speculative step checks after the true one: 3 to 5 generate at the same speed on the
-# shipped model (799 / 798 / 789 bytes/s), 6 and 8 slower (779 / 646): a wrong guess wastes its slots.
+# 195-minute v2 model (799 / 798 / 789 bytes/s, one thread, the other core training), 6 and 8 slower
+# (779 / 646): a wrong guess wastes its slots.
 LOOKAHEAD = 4
 
 
