@@ -1,7 +1,7 @@
 """BitLM's Gradio app (local demo and Hugging Face Space): Generate, Train, Telemetry and Codec tabs.
 
-This file only lays out the UI and wires events to `bitlm.endpoints` (which acts for the calling visitor);
-the work is in `bitlm.demo` and `bitlm.codec_tab`, ownership in `bitlm.visitors`, figures in `bitlm.plots`.
+This file only lays out the UI and wires events to `bitlm.app.endpoints` (which acts for the calling visitor);
+the work is in `bitlm.app.generate_tab` and `bitlm.app.codec_tab`, ownership in `bitlm.app.visitors`, figures in `bitlm.app.plots`.
 Run `python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
 BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors),
 BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation).
@@ -16,11 +16,11 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel
 
-from bitlm import codec_tab, demo, plots
-from bitlm.codec import METHODS
-from bitlm.endpoints import IDLE, Endpoints
-from bitlm.train import PRESETS
-from bitlm.visitors import CORPORA, TRAIN_MAX_STEPS, UPLOAD_MAX_BYTES, SharedTrainer, Visitor, load_app_model
+from bitlm.app import codec_tab, generate_tab, plots, telemetry_tab
+from bitlm.bits.codec import METHODS
+from bitlm.app.endpoints import IDLE, Endpoints
+from bitlm.train.trainer import PRESETS
+from bitlm.app.visitors import CORPORA, TRAIN_MAX_STEPS, UPLOAD_MAX_BYTES, SharedTrainer, Visitor, load_app_model
 
 LAUNCH_KWARGS = dict(
     theme=gr.themes.Soft(),
@@ -66,23 +66,23 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column():
-                    mode = gr.Radio(list(demo.PROMPT_MODES), value="text", label="Prompt mode")
+                    mode = gr.Radio(list(generate_tab.PROMPT_MODES), value="text", label="Prompt mode")
                     prompt = gr.Textbox("To be, or not to be", lines=4, label="Prompt", elem_id="prompt",
-                                        info=f"Text up to {demo.PROMPT_MAX_CHARS:,} characters, or up to "
-                                             f"{demo.PROMPT_MAX_BITS:,} bits (0/1, spaces allowed)")
+                                        info=f"Text up to {generate_tab.PROMPT_MAX_CHARS:,} characters, or up to "
+                                             f"{generate_tab.PROMPT_MAX_BITS:,} bits (0/1, spaces allowed)")
                     with gr.Row():
-                        n_bytes = gr.Slider(1, demo.GEN_MAX_BYTES, value=48, step=1, label="Bytes to generate",
-                                            info=f"at most {demo.GEN_MAX_BYTES:,}")
-                        temperature = gr.Slider(0, demo.TEMPERATURE_MAX, value=0.8, step=0.05, label="Temperature",
+                        n_bytes = gr.Slider(1, generate_tab.GEN_MAX_BYTES, value=48, step=1, label="Bytes to generate",
+                                            info=f"at most {generate_tab.GEN_MAX_BYTES:,}")
+                        temperature = gr.Slider(0, generate_tab.TEMPERATURE_MAX, value=0.8, step=0.05, label="Temperature",
                                                 info="0 = greedy")
                         seed = gr.Number(0, precision=0, label="Seed",
-                                         info=f"0 to {demo.SEED_MAX:,}; empty = random")
+                                         info=f"0 to {generate_tab.SEED_MAX:,}; empty = random")
                     compress = gr.Checkbox(True, label="Enable Compression", elem_id="enable-compression",
                                            info="compress the prompt's bits before the model and decompress its output")
-                    sizes, default_size = demo.gate_windows(api.shipped)
+                    sizes, default_size = generate_tab.gate_windows(api.shipped)
                     with gr.Row():
-                        gate_mode = gr.Radio(list(demo.GATE_MODES), value="off", label="Safety gate (K/C/S)",
-                                             elem_id="gate-mode", info=demo.gate_info(api.shipped),
+                        gate_mode = gr.Radio(list(generate_tab.GATE_MODES), value="off", label="Safety gate (K/C/S)",
+                                             elem_id="gate-mode", info=generate_tab.gate_info(api.shipped),
                                              interactive=bool(sizes))
                         gate_window = gr.Dropdown(sizes, value=default_size, label="Gate window (bytes)",
                                                   elem_id="gate-window", interactive=bool(sizes), scale=0,
@@ -140,11 +140,11 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
         with gr.Tab("Telemetry", id="telemetry"):
             gr.Markdown("\n".join(f"- **{k}** — {v}" for k, v in plots.TELEMETRY_EXPLAINED.items()))
             with gr.Row():
-                tel_source = gr.Radio(list(demo.TELEMETRY_SOURCES), value="last generation", label="Run on")
-                tel_view = gr.Radio(list(demo.TELEMETRY_VIEWS), value="decompressed bits", label="Model reads",
+                tel_source = gr.Radio(list(telemetry_tab.TELEMETRY_SOURCES), value="last generation", label="Run on")
+                tel_view = gr.Radio(list(telemetry_tab.TELEMETRY_VIEWS), value="decompressed bits", label="Model reads",
                                     info="decompressed: through the codec, K/C on the original bits; "
                                          "compressed stream: the stream itself, K/C on the stream")
-            tel_text = gr.Textbox("Hello, world!", label=f"Text (≤ {demo.PROMPT_MAX_CHARS:,} characters)", lines=2)
+            tel_text = gr.Textbox("Hello, world!", label=f"Text (≤ {generate_tab.PROMPT_MAX_CHARS:,} characters)", lines=2)
             tel_btn = gr.Button("Compute telemetry", variant="primary", elem_id="telemetry-btn")
             tel_summary = gr.Markdown(label="Summary")
             tel_status = gr.Markdown(label="Telemetry status", elem_id="tel-status")
@@ -185,7 +185,7 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
                         f"to {codec_tab.NEURAL_FILE_MAX_BYTES // 1024} KB: it decodes a few hundred bytes a second), lzma, "
                         "bz2, zlib or stored is smallest; decompress a "
                         f"`{codec_tab.BLM_SUFFIX}` file back to the original (one the model coded needs the same model). "
-                        "Larger files: `python -m bitlm.neural_codec`.")
+                        "Larger files: `python -m bitlm.cli.compress`.")
             with gr.Row():
                 with gr.Column():
                     codec_file = gr.File(label=f"File to compress (≤ {codec_tab.FILE_MAX_BYTES // 2**20} MB)",
@@ -234,7 +234,7 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
         tel_btn.click(api.telemetry, [tel_source, tel_text, tel_view, layer, head, visitor],
                       [tel_summary, tel_table, prob_plot, heat_plot, tel_status, attention], api_name="telemetry",
                       concurrency_limit=4, **RAW)
-        gr.on([layer.change, head.change], demo.heatmap, [attention, layer, head], heat_plot, show_progress="hidden",
+        gr.on([layer.change, head.change], telemetry_tab.heatmap, [attention, layer, head], heat_plot, show_progress="hidden",
               api_visibility="private", **RAW)
 
         compress_btn.click(codec_tab.compress, [codec_in, codec_mode, method, parity],

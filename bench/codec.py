@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bitlm.bits import bytes_to_bits, text_to_bits  # noqa: E402
-from bitlm.data import load_corpus  # noqa: E402
-from bitlm.codec import HEADER_BITS, compress_bits, compression_ratio, decompress_bits, stream_info  # noqa: E402
+from bitlm.bits.frames import bytes_to_bits, text_to_bits  # noqa: E402
+from bitlm.train.data import load_corpus  # noqa: E402
+from bitlm.bits.codec import HEADER_BITS, compress_bits, compression_ratio, decompress_bits, stream_info  # noqa: E402
 
 N = 10_000_000
 NAIVE_BITS = 1_000_000  # the Python loop is timed on the first 1 Mbit of each input

@@ -1,6 +1,6 @@
 """Does the K/C/S safety gate catch what it should, leave ordinary text alone, and cost little?
 
-With the model's calibrated floors (`MODEL/gate.json`, written by `python -m bitlm.gate calibrate`,
+With the model's calibrated floors (`MODEL/gate.json`, written by `python -m bitlm.cli.gate calibrate`,
 which fits them on the even-numbered documents' held-out tails), one run prints:
   * false alarms: the share of windows of held-out text the calibration did NOT use (the odd-numbered
     documents' held-out tails) that fall below each floor;
@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.quality import load_model_arg, machine_line  # noqa: E402
-from bitlm.bits import text_to_bits  # noqa: E402
-from bitlm.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.evaluate import gate_windows  # noqa: E402
-from bitlm.gate import GateConfig, false_alarm_rates, load_floors  # noqa: E402
+from bitlm.bits.frames import text_to_bits  # noqa: E402
+from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.train.evaluate import gate_windows  # noqa: E402
+from bitlm.generate.gate import GateConfig, false_alarm_rates, load_floors  # noqa: E402
 
 
 def prompts_from(texts: list[str], n: int, chars: int = 48, seed: int = 0) -> list[str]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     floors = load_floors(checkpoint).get(args.window)
     if floors is None:
         ap.error(f"{checkpoint} has no floors for a {args.window}-byte window; run "
-                 f"python -m bitlm.gate calibrate --model {checkpoint}")
+                 f"python -m bitlm.cli.gate calibrate --model {checkpoint}")
     heldout = split_corpus(load_corpus(args.corpus))[1]
     print(machine_line() + " (start)")
     print(f"model {checkpoint}; window {args.window} bytes; floors K {floors.floors['K']:.4f}, C {floors.floors['C']:.4f}, "

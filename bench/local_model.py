@@ -3,7 +3,7 @@
 Trains each variant for the same wall-clock budget on the training split of a corpus (same
 global transformer, same batch of windows of the same number of bytes, same schedule) and
 scores all of them on the same held-out text (the last 10 % of every document). The
-byte-level model is `bitlm.model.byte_level_config` (`patch_size=8, parity=False`): a causal
+byte-level model is `bitlm.model.transformer.byte_level_config` (`patch_size=8, parity=False`): a causal
 transformer over bytes with a 256-row embedding table and a 256-way softmax head, i.e. a plain
 byte-level transformer.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bitlm.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
-from bitlm.config import byte_level_config  # noqa: E402
-from bitlm.train import Trainer, make_configs  # noqa: E402
+from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
+from bitlm.model.config import byte_level_config  # noqa: E402
+from bitlm.train.trainer import Trainer, make_configs  # noqa: E402
 
 BYTES_PER_WINDOW = 128
 

@@ -2,9 +2,9 @@
 --bytes value is one run, capped at the split's size), the bits per byte and the encode / decode speed
 (bytes/s, one thread unless --threads) of
 
-- the exact path (`bitlm.neural_codec.compress_file` forced to the neural method: the integer
+- the exact path (`bitlm.compress.container.compress_file` forced to the neural method: the integer
   predictor and a range coder, whole file with its header; decoded and checked),
-- the float path (`bitlm.float_codec`, the bit-by-bit float coder it replaces; the reference),
+- the float path (`bitlm.compress.float_reference`, the bit-by-bit float coder it replaces; the reference),
 - zlib -9, bz2 -9, lzma -9e and `zpaq -m5` (Debian's zpaq; left out when not installed),
 
 and the exact path's cross-entropy (Σ -log2 of its coded frequencies) beside the float model's.
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.quality import load_model_arg  # noqa: E402
-from bitlm import float_codec, neural_codec  # noqa: E402
-from bitlm.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.compress import float_reference, container  # noqa: E402
+from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
@@ -76,23 +76,23 @@ def run(model, data: bytes, with_exact: bool, with_float: bool) -> None:
     rows: dict[str, tuple[int, float, float]] = {}
     result = None
     if with_exact:
-        result, t_enc = timed(lambda: neural_codec.compress_file(data, model, methods=("neural",)))
-        back, t_dec = timed(lambda: neural_codec.decompress_file(result.blob, model, max_bytes=n))
+        result, t_enc = timed(lambda: container.compress_file(data, model, methods=("neural",)))
+        back, t_dec = timed(lambda: container.decompress_file(result.blob, model, max_bytes=n))
         if back != data:
             raise SystemExit("exact path round trip FAILED")
         rows["exact path (neural_codec)"] = (len(result.blob), t_enc, t_dec)
     float_ideal = None
     if with_float:
-        enc, t_enc = timed(lambda: float_codec.encode_bytes(model, data))
-        back, t_dec = timed(lambda: float_codec.decompress_bytes(model, enc.stream, max_bytes=n))
+        enc, t_enc = timed(lambda: float_reference.encode_bytes(model, data))
+        back, t_dec = timed(lambda: float_reference.decompress_bytes(model, enc.stream, max_bytes=n))
         if back != data:
             raise SystemExit("float path round trip FAILED")
         rows["float path (float_codec)"] = (len(enc.stream), t_enc, t_dec)
         float_ideal = enc.ideal_bits
     rows.update(classic_rows(data))
 
-    print(f"\n{n:,} bytes; exact path: {neural_codec.neural_lanes(n)} lanes, float path: "
-          f"{float_codec.lane_count(9 * n, 9)} lanes")
+    print(f"\n{n:,} bytes; exact path: {container.neural_lanes(n)} lanes, float path: "
+          f"{float_reference.lane_count(9 * n, 9)} lanes")
     print(f"{'method':<28} {'bits/byte':>9} {'encode B/s':>11} {'decode B/s':>11}")
     for name, (size, te, td) in rows.items():
         print(f"{name:<28} {8 * size / n:>9.4f} {n / te:>11,.0f} {n / td:>11,.0f}")

@@ -12,7 +12,7 @@ last 10 % of every play, 505,739 bytes), prints one table:
     PPMd and zpaq when installed), alone and *given the training split* (size of train + held-out minus
     size of train alone: the fair comparison for a model trained on that split);
   * unless --skip-equal-budget, a side-by-side at equal budget: the shipped model's architecture (its
-    config.json) and its byte-level twin (`bitlm.model.byte_level_config`: same global transformer over
+    config.json) and its byte-level twin (`bitlm.model.transformer.byte_level_config`: same global transformer over
     the same bytes of context, 256-row embedding and 256-way softmax), each trained from scratch for
     --minutes of wall clock by the same Trainer on the same windows of the training split (the same
     seed draws the same byte windows for both: checked by a digest of their first batches) with the
@@ -43,13 +43,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import compressors  # noqa: E402
-from bitlm.bits import bits_to_bytes  # noqa: E402
-from bitlm.data import Corpus, load_corpus, split_corpus  # noqa: E402
-from bitlm.evaluate import evaluate_model, evaluate_stream  # noqa: E402
-from bitlm.config import byte_level_config  # noqa: E402
-from bitlm.model import BitLMConfig, BitTransformerLM  # noqa: E402
-from bitlm.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state  # noqa: E402
-from bitlm.train import PRESETS, Trainer, make_configs  # noqa: E402
+from bitlm.bits.frames import bits_to_bytes  # noqa: E402
+from bitlm.train.data import Corpus, load_corpus, split_corpus  # noqa: E402
+from bitlm.train.evaluate import evaluate_model, evaluate_stream  # noqa: E402
+from bitlm.model.config import byte_level_config  # noqa: E402
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM  # noqa: E402
+from bitlm.train.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state  # noqa: E402
+from bitlm.train.trainer import PRESETS, Trainer, make_configs  # noqa: E402
 
 DASH = "—"
 

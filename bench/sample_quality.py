@@ -10,7 +10,7 @@ seeds (prompt i uses --seed + i), then reports per generation and overall:
 Prints one table and the start of the first sample. With --baseline (another checkpoint, e.g.
 `git:REV` for the model shipped at commit REV) the same prompts and seeds run on both models, the
 two in turn for each prompt so that load hits both alike, and a last table sets their word shares
-and generation speeds side by side. The --model also runs with speculation (`bitlm.draft.NGramDraft`
+and generation speeds side by side. The --model also runs with speculation (`bitlm.generate.draft.NGramDraft`
 built from the corpus's training split; --no-draft skips it): the table checks its bits equal the
 plain generation's and gives its speed beside the others.
 
@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.quality import load_model_arg, machine_line  # noqa: E402
-from bitlm.bits import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
-from bitlm.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.draft import NGramDraft  # noqa: E402
-from bitlm.evaluate import vocabulary, word_share  # noqa: E402
-from bitlm.model import BitTransformerLM  # noqa: E402
+from bitlm.bits.frames import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
+from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
+from bitlm.generate.draft import NGramDraft  # noqa: E402
+from bitlm.train.evaluate import vocabulary, word_share  # noqa: E402
+from bitlm.model.transformer import BitTransformerLM  # noqa: E402
 
 PROMPTS = (
     "KING.\n",

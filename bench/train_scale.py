@@ -1,7 +1,7 @@
 """Training at scale (issue 8, Must show 2): bits/s of 1 and 2 CPU processes side by side, and on a CUDA
 GPU when there is one. Run: `python bench/train_scale.py [--preset small] [--seconds 60]`.
 
-Every setting is a real run of `torchrun --standalone --nproc_per_node N -m bitlm.train` for `--seconds`
+Every setting is a real run of `torchrun --standalone --nproc_per_node N -m bitlm.cli.train` for `--seconds`
 of training (`--time-limit`), on the built-in pydoc corpus, with the preset's global batch (so N
 processes share the same batch: strong scaling), validating only at the end. Threads are set
 explicitly per process (OMP_NUM_THREADS = cores / N, as torchrun would for N > 1). bits/s is window
@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bitlm.checkpoints import read_metrics  # noqa: E402
-from bitlm.train import PRESETS  # noqa: E402
+from bitlm.train.checkpoints import read_metrics  # noqa: E402
+from bitlm.train.trainer import PRESETS  # noqa: E402
 
 
 def measure(preset: str, seconds: float, nproc: int, threads: int, device: str, amp: bool = False) -> dict:
@@ -33,7 +33,7 @@ def measure(preset: str, seconds: float, nproc: int, threads: int, device: str, 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "bitlm.train", "--corpus", "pydoc", "--preset", preset, "--steps", "100000000",
+               "-m", "bitlm.cli.train", "--corpus", "pydoc", "--preset", preset, "--steps", "100000000",
                "--time-limit", str(seconds / 60), "--log-every", "5", "--eval-every", "0", "--eval-bytes", "4096",
                "--device", device, "--out", str(run)] + (["--amp"] if amp else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}

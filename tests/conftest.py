@@ -54,7 +54,7 @@ def serving(url: str) -> bool:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """The app's model with no shipped model: the untrained `tiny` fallback (an `AppModel`)."""
-    from bitlm.visitors import load_app_model
+    from bitlm.app.visitors import load_app_model
     return load_app_model(tmp_path_factory.mktemp("no-model"), fallback_preset="tiny")
 
 
@@ -73,14 +73,14 @@ def launch_app(model_dir, run_root, fallback_preset: str = "tiny", run_minutes: 
 
 def make_gated_model(folder, preset: str = "small"):
     """Save an untrained v2 `preset` model (seed 0) in `folder` with a gate.json calibrated for it by the CLI
-    (`python -m bitlm.gate calibrate`, 16- and 32-byte windows) on held-out tails of four Shakespeare plays:
+    (`python -m bitlm.cli.gate calibrate`, 16- and 32-byte windows) on held-out tails of four Shakespeare plays:
     an app model with floors, whatever `assets/` holds. Greedy, it falls into a loop at once."""
     import torch
 
-    from bitlm import gate
-    from bitlm.data import load_corpus
-    from bitlm.model import BitTransformerLM
-    from bitlm.train import PRESETS
+    from bitlm.cli import gate
+    from bitlm.train.data import load_corpus
+    from bitlm.model.transformer import BitTransformerLM
+    from bitlm.train.trainer import PRESETS
     with torch.random.fork_rng():
         torch.manual_seed(0)
         BitTransformerLM(PRESETS[preset][0]).save_pretrained(str(folder))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitlm.bits import bytes_to_bits
-from bitlm.data import load_corpus, split_corpus
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.bits.frames import bytes_to_bits
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 
 TINY_V2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=9 * 64, attn_window=32)   # window < inputs: it slides
 
@@ -72,7 +72,7 @@ def input_set() -> dict[str, bytes]:
 def _worker(argv: list[str]) -> None:
     """encode MODEL DIR: write DIR/<i>.blm (neural only) for each input; decode MODEL DIR: decode each
     DIR/<i>.blm and check it against the input. --threads and --chunk set this process's layout."""
-    from bitlm import neural_codec as nc
+    from bitlm.compress import container as nc
     p = argparse.ArgumentParser()
     p.add_argument("action", choices=["encode", "decode"])
     p.add_argument("model")

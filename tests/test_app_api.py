@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from gradio_client import Client, handle_file
 
-from bitlm import demo, visitors
+from bitlm.app import generate_tab, telemetry_tab, visitors
 from conftest import launch_app, wait_until
 
 # gradio's queue trips pandas 3 deprecation warnings of its own; they say nothing about this app.
@@ -83,15 +83,15 @@ def test_generate_with_and_without_compression(client):
 
 def test_empty_seed_means_random_and_the_largest_seed_is_accepted(client):
     assert "(seed " in generate(client, seed="")[4] and generate(client, seed="")[1]
-    assert f"(seed {demo.SEED_MAX})" in generate(client, seed=demo.SEED_MAX)[4]
+    assert f"(seed {generate_tab.SEED_MAX})" in generate(client, seed=generate_tab.SEED_MAX)[4]
 
 
-@pytest.mark.parametrize("view", demo.TELEMETRY_VIEWS)
+@pytest.mark.parametrize("view", telemetry_tab.TELEMETRY_VIEWS)
 def test_telemetry_endpoint(client, view):
     summary, table, prob, heat, status = client.predict("text below", "Hello, API", view, 0, 0,
                                                         api_name="/telemetry")
     assert status.startswith("✓") and "**K**" in summary and "**S**" in summary
-    assert [row[0] for row in table["data"]] == list(demo.plots.TELEMETRY_EXPLAINED)
+    assert [row[0] for row in table["data"]] == list(generate_tab.plots.TELEMETRY_EXPLAINED)
     assert '"heatmap"' in heat["plot"] and "P(bit = 1)" in prob["plot"]
 
 
@@ -156,7 +156,7 @@ def test_generate_with_the_gate_returns_its_events_chart_and_words(gated_client)
 
 def test_a_model_without_floors_refuses_the_gate(client):
     status = generate(client, gate_mode="warn")[4]
-    assert is_friendly(status) and "safety gate is off" in status and "python -m bitlm.gate calibrate" in status
+    assert is_friendly(status) and "safety gate is off" in status and "python -m bitlm.cli.gate calibrate" in status
 
 
 # --------------------------------------------------------------------------------------- two visitors

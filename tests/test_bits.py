@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitlm.bits import (
+from bitlm.bits.frames import (
     BitDecodeError, as_bit_array, bits_to_bytes, bits_to_text, bytes_to_bits, decode_bits, format_bits,
     frame_bits, parity_of, parse_bit_string, text_to_bits,
 )

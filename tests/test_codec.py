@@ -7,12 +7,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitlm.bits import text_to_bits
-from bitlm.codec import (
+from bitlm.bits.frames import text_to_bits
+from bitlm.bits.codec import (
     DEFAULT_MAX_BITS, HEADER_BITS, METHODS, CodecError, compress_batch, compress_bits, compression_ratio,
-    decompress_batch, decompress_bits, main, stream_info,
+    decompress_batch, decompress_bits, stream_info,
 )
-from bitlm.data import load_corpus
+from bitlm.cli.codec import main
+from bitlm.train.data import load_corpus
 
 CONCRETE = ("stored", "rle", "deflate")
 

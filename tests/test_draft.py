@@ -1,7 +1,7 @@
 """NGramDraft: the longest known context's most frequent next byte, as patterns of the model's patches."""
 import pytest
 
-from bitlm.draft import NGramDraft
+from bitlm.generate.draft import NGramDraft
 
 
 def frame(b: int) -> int:

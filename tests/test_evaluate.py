@@ -1,4 +1,4 @@
-"""Held-out evaluation and the classic-compressor baseline (bitlm.evaluate)."""
+"""Held-out evaluation and the classic-compressor baseline (bitlm.train.evaluate)."""
 import bz2
 import lzma
 import math
@@ -7,12 +7,13 @@ import zlib
 import pytest
 import torch
 
-from bitlm.bits import bytes_to_bits
-from bitlm.data import load_corpus
-from bitlm.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream, main
-from bitlm.model import BitLMConfig, BitTransformerLM
-from bitlm.checkpoints import save_checkpoint
-from bitlm.train import PRESETS
+from bitlm.bits.frames import bytes_to_bits
+from bitlm.train.data import load_corpus
+from bitlm.cli.evaluate import main
+from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.train.checkpoints import save_checkpoint
+from bitlm.train.trainer import PRESETS
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 20 + "ünïcödé ✓"
 

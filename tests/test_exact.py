@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bitlm import exact
-from bitlm.bits import bytes_to_bits
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.compress import exact
+from bitlm.bits.frames import bytes_to_bits
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 from tests.exact_helpers import TINY_V2, fitted_tiny, held_out, one_thread  # noqa: F401 (autouse fixture)
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bitlm import codec_tab, neural_codec, plots
-from bitlm.model import BitLMConfig, BitTransformerLM
-from bitlm.visitors import AppModel, load_app_model
+from bitlm.app import codec_tab, plots
+
+from bitlm.compress import container
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.app.visitors import AppModel, load_app_model
 from conftest import assert_friendly
 
 
@@ -41,7 +43,7 @@ def test_file_round_trip_and_table(tiny_model, tmp_path, out):
                                   lambda fraction, what: calls.append(fraction))
     assert result.status.startswith("✓") and result.path == str(out / "notes.bin.blm"), result.status
     blob = open(result.path, "rb").read()
-    assert neural_codec.read_header(blob).method_name in result.status
+    assert container.read_header(blob).method_name in result.status
     table = result.table
     assert list(table["method"]) == ["neural", "lzma", "bz2", "zlib", "stored"]
     assert list(table["chosen"]).count("✓") == 1
@@ -63,7 +65,7 @@ def test_typed_text_round_trip(tiny_model, out):
 
 
 def test_a_neural_file_round_trips_and_needs_its_model(tiny_model, tmp_path, out):
-    blob = neural_codec.compress_file(DATA[:300], tiny_model.model, methods=("neural",)).blob
+    blob = container.compress_file(DATA[:300], tiny_model.model, methods=("neural",)).blob
     path = write(tmp_path, "n.blm", blob)
     back = codec_tab.decompress_upload(tiny_model, upload(path), out)
     assert back.status.startswith("✓") and "neural" in back.status and open(back.path, "rb").read() == DATA[:300]
@@ -77,13 +79,13 @@ def test_large_inputs_skip_the_model_and_are_capped(tiny_model, tmp_path, out, m
     result = codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "big.txt", DATA)), "", out)
     assert result.status.startswith("✓") and "The model was not tried" in result.status
     assert "neural" not in set(result.table["method"])
-    neural = neural_codec.compress_file(DATA[:200], tiny_model.model, methods=("neural",)).blob
+    neural = container.compress_file(DATA[:200], tiny_model.model, methods=("neural",)).blob
     assert_friendly(codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "n.blm", neural)), out).status,
-                    "coded by the model", "python -m bitlm.neural_codec decompress")
+                    "coded by the model", "python -m bitlm.cli.compress decompress")
     monkeypatch.setattr(codec_tab, "FILE_MAX_BYTES", 200)
     assert_friendly(codec_tab.compress_upload(tiny_model, upload(tmp_path / "big.txt"), "", out).status,
                     "the limit here is 200 bytes")
-    classic = neural_codec.compress_file(DATA, None).blob
+    classic = container.compress_file(DATA, None).blob
     assert_friendly(codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "c.blm", classic)), out).status,
                     "the app decompresses at most 200")
 
@@ -93,11 +95,11 @@ def test_untrained_and_v1_notes(tiny_model, out):
     v1 = AppModel(BitTransformerLM(BitLMConfig(n_layer=1, n_head=2, n_embd=16, block_size=144, pos="learned")), "v1")
     result = codec_tab.compress_upload(v1, None, "hello there, hello there", out)
     assert result.status.startswith("✓") and "The model was not tried" in result.status and "ALiBi" in result.status
-    blob = neural_codec.compress_file(b"hello there", tiny_model.model, methods=("neural",)).blob
+    blob = container.compress_file(b"hello there", tiny_model.model, methods=("neural",)).blob
     assert_friendly(codec_tab.decompress_upload(v1, upload(write(out, "n.blm", blob)), out).status, "Cannot decompress")
 
 
-BLOB = neural_codec.compress_file(DATA, None).blob
+BLOB = container.compress_file(DATA, None).blob
 BAD_BLOBS = {
     "empty": (b"", "is empty"),
     "truncated": (BLOB[:-5], "Cannot decompress"),

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from bitlm import float_codec as nc
-from bitlm.bits import bytes_to_bits, text_to_bits
-from bitlm.codec import CodecError
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.compress import float_reference as nc
+from bitlm.bits.frames import bytes_to_bits, text_to_bits
+from bitlm.bits.codec import CodecError
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 
 SENTENCE = "the quick brown fox jumps over the lazy dog. "
 HELD_OUT = ("It was the best of times, it was the worst of times; the dog sat by the fox "

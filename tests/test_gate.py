@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bitlm.bits import text_to_bits
-from bitlm.evaluate import gate_windows
-from bitlm.gate import (
-    GateConfig, GateFloors, describe, false_alarm_rates, floors_from, load_floors, main, save_floors, window_metrics,
+from bitlm.bits.frames import text_to_bits
+from bitlm.cli.gate import main
+from bitlm.train.evaluate import gate_windows
+from bitlm.generate.gate import (
+    GateConfig, GateFloors, describe, false_alarm_rates, floors_from, load_floors, save_floors, window_metrics,
 )
-from bitlm.model import BitLMConfig, BitTransformerLM
-from bitlm.telemetry import lz_complexity, negentropy, symbiosis
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.telemetry import lz_complexity, negentropy, symbiosis
 
 TEXT = ("KING. My lord, the night is cold and the watch is set; go, tell the queen the news.\n"
         "QUEEN. Then let the trumpets sound, for we will meet them at the gates of York.\n") * 6
@@ -98,7 +99,7 @@ def test_gate_off_and_bad_configs(model, floors):
 
 
 def test_describe_says_what_the_gate_did():
-    from bitlm.gate import GateEvent
+    from bitlm.generate.gate import GateEvent
     events = [GateEvent(212, 276, "C", 0.2, 0.6, "retry", 1.0), GateEvent(212, 276, "C", 0.2, 0.6, "retry", 1.4),
               GateEvent(212, 276, "C", 0.2, 0.6, "stop")]
     assert describe(events, True) == "a repetition loop from byte 212: retried twice, then stopped"

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bitlm.bits import bits_to_bytes, bytes_to_bits, decode_bits, text_to_bits
-from bitlm.codec import CodecError, compress_bits
-from bitlm.model import (
+from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, decode_bits, text_to_bits
+from bitlm.bits.codec import CodecError, compress_bits
+from bitlm.model.transformer import (
     PARITY_OFFSET, BitLMConfig, BitTransformerLM, _bit_conditionals, _gather_bits, model_output_decompress,
 )
-from bitlm.telemetry import attention_entropy, lz_complexity, negentropy
+from bitlm.model.telemetry import attention_entropy, lz_complexity, negentropy
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, local_layers=1, local_embd=16)
 VARIANTS = {
@@ -290,7 +290,7 @@ def test_rolling_cache_over_many_windows_equals_recompute(monkeypatch, name):
     """A generation over more than three windows, with the cache rolling (and compacting every few
     steps), gives the bits and probabilities of recomputing every step from the same visible context:
     a full forward over the whole sequence, each slot seeing BOS and the window before it."""
-    from bitlm.layers import KVCache
+    from bitlm.model.layers import KVCache
     monkeypatch.setattr(KVCache, "SLACK", 3)         # compact often, not only every 64 slots
     model = make(name)
     window = model.config.window
@@ -331,8 +331,8 @@ def test_speculative_generation_gives_the_bits_of_plain_generation(monkeypatch, 
     seed, the probabilities within float rounding, over more than three windows of a rolling cache.
     The draft is built from the plain output with every 5th byte changed, so guesses both come true
     (fewer steps than patches) and fail (rollbacks)."""
-    from bitlm.draft import NGramDraft
-    from bitlm.layers import KVCache
+    from bitlm.generate.draft import NGramDraft
+    from bitlm.model.layers import KVCache
     monkeypatch.setattr(KVCache, "SLACK", 3)
     model = make(name, **overrides)
     parity, window = model.config.parity, model.config.window
@@ -358,7 +358,7 @@ def test_speculative_generation_gives_the_bits_of_plain_generation(monkeypatch, 
 def test_speculation_is_only_used_where_it_applies():
     """A draft with the wrong parity is refused; on a v1 model (it cannot roll its cache) or a codec
     stream it is ignored: same bits as without it."""
-    from bitlm.draft import NGramDraft
+    from bitlm.generate.draft import NGramDraft
     with pytest.raises(ValueError, match="parity"):
         make("p9").generate(text_to_bits("Hi"), 18, draft=NGramDraft("abcdefgh" * 4, parity=False))
     with pytest.raises(ValueError, match="draft"):
@@ -372,7 +372,7 @@ def test_speculation_is_only_used_where_it_applies():
 
 
 def test_kv_cache_rolls_back_only_the_last_step():
-    from bitlm.layers import KVCache
+    from bitlm.model.layers import KVCache
     model = make("p9")
     cache = KVCache(len(model.blocks), model.config.window)
     weights = model.step_weights()

@@ -9,11 +9,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
 
-from bitlm import neural_codec as nc
-from bitlm.codec import CodecError
-from bitlm.model import BitLMConfig, BitTransformerLM
+from bitlm.compress import container as nc
+from bitlm.bits.codec import CodecError
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 from tests.exact_helpers import TINY_V2, fitted_tiny, input_set, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_codec_demo_runs_cleanly():
-    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "bitlm.codec", "--demo"],
+    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "bitlm.cli.codec", "--demo"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "pydoc text (parity frames)" in run.stdout and "round trip" in run.stdout

@@ -1,4 +1,4 @@
-"""bitlm.plots: figures and tables built from metrics rows and telemetry arrays."""
+"""bitlm.app.plots: figures and tables built from metrics rows and telemetry arrays."""
 import json
 import math
 import time
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bitlm import plots
+from bitlm.app import plots
 
 NAN = math.nan
 
@@ -146,7 +146,7 @@ def gate_trace(n_checks: int) -> list[tuple[int, float, float, float]]:
 
 
 def test_gate_figure_draws_c_s_their_floors_and_the_trigger_spans():
-    from bitlm.gate import GateEvent
+    from bitlm.generate.gate import GateEvent
     events = [GateEvent(20, 36, "C", 0.3, 0.8, "retry", 0.4), GateEvent(40, 56, "C", 0.3, 0.8, "retry", 0.8),
               GateEvent(60, 76, "C", 0.3, 0.8, "stop")]
     fig = plots.gate_figure(gate_trace(30), {"K": 0.01, "C": 0.8, "S": 0.5}, events, n_bytes=80, window=16)
@@ -170,7 +170,7 @@ def test_gate_figure_before_the_first_check_says_when_it_comes():
 def test_gate_figure_is_linear_in_its_input():
     """A trace per series and per kind of action, never a shape per event: 10× the checks and events cost
     about what 1× does (it is redrawn at every streamed update)."""
-    from bitlm.gate import GateEvent
+    from bitlm.generate.gate import GateEvent
 
     def seconds(n: int) -> float:
         events = [GateEvent(4 * i, 4 * i + 2, "C", 0.1, 0.5, "warn") for i in range(n // 4)]

@@ -7,12 +7,12 @@ import torch
 
 from bench import compressors, quality, sample_quality
 from bench.model import sampled_byte_probs
-from bitlm.bits import bits_to_bytes, bytes_to_bits, text_to_bits
-from bitlm.data import load_corpus, split_corpus
-from bitlm.evaluate import evaluate_model, vocabulary, word_share, words
-from bitlm.config import byte_level_config
-from bitlm.model import BitLMConfig, BitTransformerLM
-from bitlm.train import PRESETS
+from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, text_to_bits
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.train.evaluate import evaluate_model, vocabulary, word_share, words
+from bitlm.model.config import byte_level_config
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.train.trainer import PRESETS
 
 TEXT = ("KING.\nThe quick brown fox jumps over the lazy dog; the dog's day is done.\n\n"
         "QUEEN.\nMy lord, the fox is quick and the dog is lazy.\n\n") * 30
@@ -172,7 +172,7 @@ def test_equal_budget_twins_get_the_same_data_threads_and_time(tmp_path, one_thr
 
 def test_trainer_validates_on_the_held_out_split(tmp_path, one_thread):
     """Validation figures come from the tail of every document, never from the training split."""
-    from bitlm.train import Trainer, make_configs
+    from bitlm.train.trainer import Trainer, make_configs
     (tmp_path / "a.txt").write_text("a" * 900 + "B" * 100)
     (tmp_path / "b.txt").write_text("c" * 1800 + "D" * 200)
     model_config, train_config = make_configs("tiny", steps=2, eval_every=0, eval_bytes=10 ** 6)

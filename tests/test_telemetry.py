@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitlm.telemetry import (
+from bitlm.model.telemetry import (
     attention_entropy, compute_telemetry, lz76_phrases, lz_complexity, negentropy, negentropy_pred, symbiosis,
     symbiosis_kl,
 )

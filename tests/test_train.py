@@ -1,4 +1,4 @@
-"""The compression-aware training loop, multi-task mode, checkpoints and the CLI (bitlm.train)."""
+"""The compression-aware training loop, multi-task mode, checkpoints and the CLI (bitlm.train.trainer)."""
 import math
 import os
 import random
@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-import bitlm.train as train_mod
-import bitlm.train_cli as train_cli
-from bitlm.bits import bits_to_bytes
-from bitlm.codec import CodecError, compress_bits, compression_ratio, decompress_bits
-from bitlm.data import Corpus
-from bitlm.model import BitTransformerLM
-from bitlm.checkpoints import METRICS_FILE, find_checkpoint, load_trainer_state, read_metrics, save_checkpoint
-from bitlm.train import PRESETS, Trainer, make_configs, prepare_batch
+import bitlm.train.trainer as train_mod
+import bitlm.cli.train as train_cli
+from bitlm.bits.frames import bits_to_bytes
+from bitlm.bits.codec import CodecError, compress_bits, compression_ratio, decompress_bits
+from bitlm.train.data import Corpus
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.train.checkpoints import METRICS_FILE, find_checkpoint, load_trainer_state, read_metrics, save_checkpoint
+from bitlm.train.trainer import PRESETS, Trainer, make_configs, prepare_batch
 
 SPEC_COLUMNS = ["step", "lr", "elapsed_s", "bits_per_s", "raw_loss", "raw_accuracy", "compressed_loss",
                 "compressed_accuracy", "compression_ratio", "direct_loss", "direct_accuracy", "val_bits_per_byte"]
@@ -235,9 +235,9 @@ def test_checkpoint_swap_survives_every_crash_point(tmp_path):
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from bitlm.model import BitTransformerLM
-    from bitlm.checkpoints import save_checkpoint
-    from bitlm.train import PRESETS
+    from bitlm.model.transformer import BitTransformerLM
+    from bitlm.train.checkpoints import save_checkpoint
+    from bitlm.train.trainer import PRESETS
     model = BitTransformerLM(PRESETS["tiny"][0])
     step = 0
     while True:
@@ -322,7 +322,7 @@ def test_bad_configs_are_rejected():
 def test_validation_logs_k_c_s_and_alerts_on_drift():
     """Every validation row carries K, C and S of the same validation batch; a move larger than
     drift_alert between two validations gives a one-line alert naming the metric, a small one none."""
-    from bitlm.train_cli import format_row
+    from bitlm.cli.train import format_row
     mc, tc = tiny(steps=60, eval_every=20, drift_alert=1e-6)
     trainer = Trainer(mc, tc, synthetic())
     df = trainer.run()

@@ -1,4 +1,4 @@
-"""bitlm.visitors and bitlm.endpoints called directly: each visitor's own model, the one shared trainer
+"""bitlm.app.visitors and bitlm.app.endpoints called directly: each visitor's own model, the one shared trainer
 (ownership, the busy message, stop, the time cap, bounded and cleaned run folders) and Start's refusals."""
 import dataclasses
 from pathlib import Path
@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from bitlm import visitors
-from bitlm.endpoints import Endpoints
-from bitlm.model import BitTransformerLM
-from bitlm.train import PRESETS
-from bitlm.visitors import SharedTrainer, Visitor, load_app_model
+from bitlm.app import visitors
+from bitlm.app.endpoints import Endpoints
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.train.trainer import PRESETS
+from bitlm.app.visitors import SharedTrainer, Visitor, load_app_model
 from conftest import assert_friendly, wait_until
 
 

@@ -1,0 +1,417 @@
+"""An exact-by-construction predictor: the float `BitTransformerLM` re-expressed in integer arithmetic,
+so the byte distribution handed to the entropy coder is the same on every machine, thread count, BLAS,
+SIMD width, batch or lane layout and device.
+
+Why it is exact. Every value is an integer (a fixed-point number with a known scale) held in an int64
+tensor or an integer-valued float64 tensor. Additions, subtractions, products, sums, maxima, integer
+floor divisions and arithmetic shifts of int64 tensors are exact, so their order cannot matter. Each
+matmul runs on float64 tensors holding integers that are clamped to bounds checked when the predictor
+is derived (inputs × largest row L1 norm of the weights + bias < 2^52), so every partial sum, in any
+order, with or without FMA, blocked or not, is an integer below 2^53 and therefore exact. The only
+non-integer steps are single IEEE-754 operations that are correctly rounded by the standard (a
+division, a square root, an int-to-float conversion) applied elementwise to exactly known operands,
+followed by round-half-even to an integer, and power-of-two scalings before a floor (exact): they give
+the same bits everywhere (a hidden key's score, pushed down by 2^60, may round, but its weight is 0). Layer norm uses an
+integer mean and variance, one sqrt and one division; softmax and GELU use lookup tables of integers
+(exp and x·Φ(x)) computed by fixed-order series of correctly rounded float64 operations (no libm
+call), checked against a pinned SHA-256 before use. Weights are quantised elementwise (w·2^k rounded,
+with layer-norm gains folded in by exact float32×float32 products), biases folded in integers. The
+next byte's 256 frequencies are integers summing to 2^24 - 256, which `constriction`'s lazy
+categorical model turns into exactly freq + 1 out of 2^24 (its scale is then exactly 1.0 and every
+partial sum below 2^24 is exact in float32), so the range coder sees the same integers too. Teacher-
+forced chunks (encoding) and one-slot steps (decoding) compute each (query, key) term the same way and
+only sum exact integers, so they agree to the bit. Supported: factorized ALiBi models (v2) with 8-bit
+patches or 9-bit parity frames; anything else raises `UnsupportedModelError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bitlm.model.transformer import BitTransformerLM
+
+RES_BITS = 16                 # residual stream: value · 2^16
+NORM_BITS = 14                # layer-norm outputs
+ACT_BITS = 12                 # q, k, v, attention outputs, GELU input and output
+LOGIT_BITS = 10               # attention scores and pattern logits, in nats · 2^10
+ATT_EXP_BITS = 16             # attention weights: round(2^16 · e^-d)
+HEAD_EXP_BITS = 24            # pattern weights before normalising to frequencies
+MAX_WEIGHT_BITS = 20          # weights are w · 2^k rounded, k ≤ 20 (less when a bound needs it)
+SLOPE_BITS = 30               # ALiBi slopes are held to 2^-30 before the bias is rounded to LOGIT_BITS
+GELU_RANGE = 8                # GELU is tabulated on [-8, 8]; gelu(x) = x above, 0 below
+FREQ_TOTAL = (1 << 24) - 256  # the 256 frequencies of a byte sum to this; the coder adds 1 to each
+RES_CLAMP = 1 << (RES_BITS + 8)
+EXACT_VERSION = 1             # bump when any constant or rule above changes the frequencies
+_SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
+_HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
+
+# SHA-256 of the three lookup tables (exp for attention, exp for the head, GELU) as little-endian int64.
+# A machine whose float64 arithmetic is not IEEE-754 round-to-nearest would build other tables: refused.
+TABLES_SHA256 = "1fc2dd1240cf755d837b4e95932f581d0f8a6a1b5aff2e2aefbb00fa53184236"
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be run exactly (learned positions, a transformer local model, another patch
+    size, or sizes whose integer bounds do not fit); the message says which."""
+
+
+class ExactnessError(RuntimeError):
+    """This machine computed other lookup tables than the pinned ones: its float64 arithmetic is not
+    IEEE-754 round-to-nearest, so streams could not be shared with other machines."""
+
+
+# ------------------------------------------------------------------------------------ lookup tables
+
+def _exp_neg_table(scale_bits: int, n: int) -> np.ndarray:
+    """round(2^scale_bits · e^(-i / 2^LOGIT_BITS)) for i < n, the last entry 0. e^d is the series
+    Σ d^j / j! (positive terms, fixed order, correctly rounded float64 ops), then 2^bits / e^d."""
+    d = np.arange(n, dtype=np.float64) / (1 << LOGIT_BITS)
+    term, total = np.ones(n), np.ones(n)
+    for j in range(1, 160):
+        term = term * d / j
+        total = total + term
+    out = np.rint((1 << scale_bits) / total).astype(np.int64)
+    out[-1] = 0
+    return out
+
+
+def _gelu_table() -> np.ndarray:
+    """round(2^ACT_BITS · gelu(u / 2^ACT_BITS)) for u in [-R, R], R = GELU_RANGE · 2^ACT_BITS, with
+    gelu(x) = x·Φ(x) and Φ(x) = 1/2 + φ(x)·Σ x^(2j+1)/(2j+1)!! for x ≥ 0 (all terms positive),
+    φ(x) = 1 / (e^(x²/2)·√(2π)) with e^(x²/2) as a series; Φ(-x) = 1 - Φ(x)."""
+    r = GELU_RANGE << ACT_BITS
+    x = np.arange(r + 1, dtype=np.float64) / (1 << ACT_BITS)
+    x2 = x * x
+    z = x2 / 2
+    term, ez = np.ones_like(x), np.ones_like(x)
+    for j in range(1, 200):
+        term = term * z / j
+        ez = ez + term
+    term, series = x.copy(), x.copy()
+    for j in range(1, 260):
+        term = term * x2 / (2 * j + 1)
+        series = series + term
+    tail = series / (ez * math.sqrt(2 * math.pi))                  # Φ(x) - 1/2
+    pos = np.rint(x * (0.5 + tail) * (1 << ACT_BITS)).astype(np.int64)
+    neg = np.rint(-x * (0.5 - tail) * (1 << ACT_BITS)).astype(np.int64)
+    return np.concatenate([neg[:0:-1], pos])
+
+
+_TABLES: dict[str, torch.Tensor] = {}
+
+
+def tables() -> dict[str, torch.Tensor]:
+    """The lookup tables (built once per process, then checked against TABLES_SHA256).
+    Raises ExactnessError when this machine builds other tables."""
+    if not _TABLES:
+        built = {"att_exp": _exp_neg_table(ATT_EXP_BITS, 12 << LOGIT_BITS),
+                 "head_exp": _exp_neg_table(HEAD_EXP_BITS, 18 << LOGIT_BITS),
+                 "gelu": _gelu_table()}
+        digest = tables_digest(built)
+        if digest != TABLES_SHA256:
+            raise ExactnessError(f"this machine computes other lookup tables (sha256 {digest[:16]}…, expected "
+                                 f"{TABLES_SHA256[:16]}…): its float64 arithmetic is not IEEE-754, so its "
+                                 f"streams would not decode elsewhere")
+        _TABLES.update({k: torch.from_numpy(v) for k, v in built.items()})
+    return _TABLES
+
+
+def tables_digest(built: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of the tables, in name order, as little-endian int64."""
+    h = hashlib.sha256()
+    for name in sorted(built):
+        h.update(name.encode())
+        h.update(np.asarray(built[name], dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ integer helpers
+
+def _rshift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """x / 2^s rounded half up (an arithmetic shift: exact on int64); s < 0 shifts left."""
+    if s <= 0:
+        return x << -s
+    return (x + (1 << (s - 1))) >> s
+
+
+def _fshift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """`_rshift` on an integer-valued float64 tensor below 2^52, in place: x / 2^s + 1/2 is exact
+    (a power-of-two scaling and an addition that fits 53 bits), then floor."""
+    if s <= 0:
+        return x.mul_(float(1 << -s))
+    return x.mul_(2.0 ** -s).add_(0.5).floor_()
+
+
+def _quantise(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """round(t · 2^bits) as int64 (multiplying by 2^bits is exact; round half to even)."""
+    t = t.detach().cpu().double()
+    return torch.round(t * (1 << bits) if bits >= 0 else t / (1 << -bits)).to(torch.int64)
+
+
+def _round_pow2(num: int, den: int) -> int:
+    """round(2^(num/den)) for num ≥ 0, den ≥ 1, in integers only (a binary-searched den-th root)."""
+    target = 1 << num
+    lo, hi = 0, 1 << (num // den + 1)
+    while lo < hi:                       # largest r with r^den ≤ 2^num
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if mid ** den <= target else (lo, mid - 1)
+    return lo + 1 if (2 * lo + 1) ** den <= target << den else lo
+
+
+@dataclass
+class _Linear:
+    """y = round((x @ W^T + b) / 2^shift), clamped: x at in_bits, W at w_bits, y at out_bits."""
+    w: torch.Tensor          # (out, in) float64 holding integers
+    b: torch.Tensor          # (out,) int64 at in_bits + w_bits
+    shift: int
+    clamp: int
+    in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
+    _bf: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x.double(), self.w.t()).add_(self.bf)      # exact: integers below 2^52
+        return _fshift(y, self.shift).clamp_(-self.clamp, self.clamp).to(torch.int64)
+
+    @property
+    def bf(self) -> torch.Tensor:
+        """The bias as float64 (exact: |b| < 2^52)."""
+        if self._bf is None or self._bf.device != self.b.device:
+            self._bf = self.b.double()
+        return self._bf
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+            in_bits: int, in_bound: int, out_bits: int, out_clamp: int,
+            row_scale: torch.Tensor | None = None) -> _Linear:
+    """Quantise a Linear, folding a preceding layer norm's gain (gamma) and shift (beta) into it and
+    multiplying its rows by row_scale ((out,) float64, None: 1); the weight precision is the largest ≤ MAX_WEIGHT_BITS for which
+    in_bound · max row L1 + |bias| stays below 2^52. Raises UnsupportedModelError if none does."""
+    w = weight.detach().cpu().double()
+    if gamma is not None:
+        w = w * gamma.detach().cpu().double()      # float32 × float32: exact in float64
+    if row_scale is not None:
+        w = w * row_scale.view(-1, 1)              # one correctly rounded product each
+    for w_bits in range(MAX_WEIGHT_BITS, -1, -1):
+        wi = _quantise(w, w_bits)
+        acc = in_bits + w_bits
+        b = torch.zeros(wi.size(0), dtype=torch.int64)
+        if bias is not None:
+            b = b + _quantise(bias.detach(), acc)
+        if beta is not None:                       # b + W·beta, in integers
+            b = b + (_quantise(weight.detach(), w_bits) * _quantise(beta.detach(), in_bits)).sum(-1)
+        if row_scale is not None:
+            b = torch.round(b.double() * row_scale).to(torch.int64)
+        bound = in_bound * int(wi.abs().sum(-1).max()) + int(b.abs().max())
+        if bound < _SAFE:
+            return _Linear(wi.double(), b, acc - out_bits, out_clamp, in_bound)
+    raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
+
+
+# ------------------------------------------------------------------------------------ the predictor
+
+@dataclass
+class _Block:
+    ln1: tuple[int, int]          # (K, eps) of the layer norm, its gain/shift folded into the next linear
+    qkv: _Linear
+    proj: _Linear
+    ln2: tuple[int, int]
+    fc: _Linear
+    out: _Linear
+
+
+class LaneState:
+    """The context of B lanes stepped together: per layer the keys/values of the last window - 1 slots
+    (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
+    slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index."""
+
+    def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
+        self.lanes, self.pos = lanes, 0
+        H, hd, rows, L = pred.n_head, pred.head_dim, pred.ring + 1, len(pred.blocks)
+        dev = pred.device
+        self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+        self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+        self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
+
+
+class ExactPredictor:
+    """Integer re-expression of a factorized ALiBi `BitTransformerLM` (see the module docstring).
+
+    `ExactPredictor.of(model)` derives it (cached per model); `frequencies(state, prev)` advances
+    lanes by a chunk of slots and returns each slot's 256 integer byte frequencies."""
+
+    def __init__(self, model: BitTransformerLM, device: str | torch.device = "cpu") -> None:
+        c = model.config
+        self.device = torch.device(device)
+        if c.local != "factorized":
+            raise UnsupportedModelError(f"the exact path needs the factorized local model, not {c.local!r}")
+        if c.pos != "alibi":
+            raise UnsupportedModelError(f"the exact path needs an ALiBi (v2) model; this one has pos={c.pos!r}")
+        if not ((c.patch_size == 9 and c.parity) or (c.patch_size == 8 and not c.parity)):
+            raise UnsupportedModelError(f"the exact path codes bytes: patch_size 9 with parity or 8 without, "
+                                        f"got {c.patch_size} (parity={c.parity})")
+        C, H = c.n_embd, c.n_head
+        if C > 4096:
+            raise UnsupportedModelError(f"n_embd {C} > 4096 would overflow the integer layer norm")
+        t = tables()
+        self.att_exp, self.head_exp, self.gelu = t["att_exp"], t["head_exp"], t["gelu"]
+        self.att_exp_f = self.att_exp.double()
+        self.n_head, self.head_dim, self.window = H, C // H, c.window
+        self.ring = max(self.window - 1, 0)        # slots a query can see besides BOS, itself included
+        qk_bits = (51 - math.ceil(math.log2(self.head_dim))) // 2
+        v_bits = 51 - ATT_EXP_BITS - math.ceil(math.log2(self.window + 2))
+        if qk_bits < ACT_BITS + 4 or v_bits < ACT_BITS + 4:
+            raise UnsupportedModelError("head size or window too large for exact integer attention")
+        self.qk_clamp, self.v_clamp = 1 << qk_bits, 1 << v_bits
+        self.slopes = torch.tensor([_round_pow2(SLOPE_BITS * H - 8 * h, H) for h in range(1, H + 1)], dtype=torch.int64)
+        ln_k = math.isqrt(C << (2 * NORM_BITS))
+        norm_bound = ln_k + 2
+        act_clamp = 1 << (ACT_BITS + 12)
+
+        def ln(mod: torch.nn.LayerNorm) -> tuple[int, int]:
+            return ln_k, round(mod.eps * C * float(1 << (2 * RES_BITS)))
+
+        with torch.no_grad():
+            st = model.stream_emb.weight[0].detach().cpu().double()
+            self.emb = _quantise(model.patch_emb.weight.detach().cpu().double() + st, RES_BITS).clamp_(-RES_CLAMP, RES_CLAMP)
+            self.bos = _quantise(model.bos.detach().cpu().double() + st, RES_BITS).clamp_(-RES_CLAMP, RES_CLAMP)
+            inv = 1.0 / math.sqrt(self.head_dim)
+            self.blocks = []
+            for blk in model.blocks:
+                a, (fc, _, proj, _) = blk.attn, blk.mlp
+                scale = torch.cat([torch.full((C,), inv, dtype=torch.float64), torch.ones(2 * C, dtype=torch.float64)])
+                qkv = _linear(a.c_attn.weight, a.c_attn.bias, blk.ln_1.weight, blk.ln_1.bias,
+                              NORM_BITS, norm_bound, ACT_BITS, max(self.qk_clamp, self.v_clamp), row_scale=scale)
+                self.blocks.append(_Block(
+                    ln1=ln(blk.ln_1), qkv=qkv,
+                    proj=_linear(a.c_proj.weight, a.c_proj.bias, None, None, ACT_BITS, self.v_clamp, RES_BITS, RES_CLAMP),
+                    ln2=ln(blk.ln_2),
+                    fc=_linear(fc.weight, fc.bias, blk.ln_2.weight, blk.ln_2.bias, NORM_BITS, norm_bound, ACT_BITS, act_clamp),
+                    out=_linear(proj.weight, proj.bias, None, None, ACT_BITS, act_clamp, RES_BITS, RES_CLAMP)))
+            self.ln_f = ln(model.ln_f)
+            b = torch.arange(256)
+            pats = (2 * b + _parity(b)) if c.parity else b             # the pattern of each byte value
+            self.byte_pattern = pats
+            self.head = _linear(model.patch_emb.weight.detach().cpu()[pats], None, model.ln_f.weight, model.ln_f.bias,
+                                NORM_BITS, norm_bound, LOGIT_BITS, 1 << (LOGIT_BITS + 24))
+        if self.device.type != "cpu":
+            for name in ("att_exp", "att_exp_f", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
+                setattr(self, name, getattr(self, name).to(self.device))
+            for lin in [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]:
+                lin.w, lin.b = lin.w.to(self.device), lin.b.to(self.device)
+
+    _cache: "weakref.WeakKeyDictionary[BitTransformerLM, tuple[tuple, ExactPredictor]]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu") -> "ExactPredictor":
+        """The predictor of `model` on `device` (its integers are the same on any device), derived once
+        and re-derived when a weight changed in place. Raises UnsupportedModelError (see the class)."""
+        versions = (str(device),) + tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
+        hit = cls._cache.get(model)
+        if hit is not None and hit[0] == versions:
+            return hit[1]
+        pred = cls(model, device)
+        cls._cache[model] = (versions, pred)
+        return pred
+
+    # ------------------------------------------------------------------------------- arithmetic
+
+    @staticmethod
+    def _layer_norm(x: torch.Tensor, k_eps: tuple[int, int]) -> torch.Tensor:
+        """Integer layer norm of (…, C) residuals at RES_BITS -> (x - mean) / std at NORM_BITS (gain and
+        shift are folded into the next linear): integer mean and variance, one sqrt, one division."""
+        k, eps = k_eps
+        C = x.size(-1)
+        c = x - torch.div(x.sum(-1, keepdim=True), C, rounding_mode="floor")
+        t = (c * c).sum(-1, keepdim=True) + eps
+        return torch.round(c.double() * k / torch.sqrt(t.double())).to(torch.int64)
+
+    def _bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """(H, Q, K) int64 term added to the scores of queries at slots q_pos over keys at k_pos: -ALiBi
+        bias at LOGIT_BITS where visible (the rule of `bitlm.model.layers.attention_bias`), HIDDEN elsewhere."""
+        W = self.window
+        d = q_pos.view(-1, 1) - k_pos.view(1, -1)
+        sink = k_pos.view(1, -1) == 0
+        visible = (k_pos.view(1, -1) >= 0) & (d >= 0) & ((d <= W - 2) | sink)
+        dist = torch.where(sink, q_pos.view(-1, 1).clamp(max=W - 1), d)
+        bias = _rshift(self.slopes.view(-1, 1, 1) * dist, SLOPE_BITS - LOGIT_BITS)
+        return torch.where(visible, -bias, _HIDDEN).double()
+
+    def _attention(self, q: torch.Tensor, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(B, H, Q, hd) int64 queries over key groups (keys, values: (B, H, K, hd) int-valued float64;
+        bias: (H, Q, K) from `_bias`) -> (B, H, Q, hd) outputs at ACT_BITS: scores at LOGIT_BITS, weights
+        from the exp table, then Σ e·v / Σ e (exact integer sums, one correctly rounded division). Held
+        in float64, every value here is an integer below 2^52 (hidden keys aside), so each op is exact."""
+        qf = q.double()
+        scores = [_fshift(torch.matmul(qf, kk.transpose(-1, -2)), 2 * ACT_BITS - LOGIT_BITS).add_(bias)
+                  for kk, _, bias in groups]
+        top = torch.stack([s.amax(-1) for s in scores]).amax(0).unsqueeze(-1)
+        last = self.att_exp.numel() - 1
+        num, den = 0, 0
+        for s, (_, vv, _) in zip(scores, groups):
+            e = self.att_exp_f[s.neg_().add_(top).clamp_(max=last).to(torch.int64)]   # hidden keys: the final 0
+            den = den + e.sum(-1, keepdim=True)
+            num = num + torch.matmul(e, vv)
+        return torch.round(num / den).to(torch.int64)
+
+    def frequencies(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
+        """Advance the lanes by n_slots slots and return (B, n_slots, 256) int64 frequencies of the byte
+        each slot predicts (each row sums to FREQ_TOTAL; the coder gives byte b the weight freq + 1 of 2^24).
+
+        prev: (B, m) int64 byte values that feed the slots: slot s reads byte s - 1, slot 0 reads BOS,
+        so m = n_slots - 1 when the chunk starts at slot 0, else n_slots."""
+        B, s0 = state.lanes, state.pos
+        dev = self.device
+        x = (self.emb[self.byte_pattern[prev.to(dev)]] if prev is not None and prev.numel()
+             else torch.zeros(B, 0, self.bos.numel(), dtype=torch.int64, device=dev))
+        if s0 == 0:
+            x = torch.cat([self.bos.expand(B, 1, -1), x], dim=1)
+        if x.size(1) != n_slots:
+            raise ValueError(f"{n_slots} slots from slot {s0} need {n_slots - (s0 == 0)} input bytes per lane")
+        q_pos = torch.arange(s0, s0 + n_slots, device=dev)
+        H, hd = self.n_head, self.head_dim
+        C, r = H * hd, GELU_RANGE << ACT_BITS
+        keep = q_pos[q_pos > 0][-self.ring:] if self.ring else q_pos[:0]       # slots that join the ring
+        rows = (keep - 1) % max(self.ring, 1)
+        if s0 == 0:                                                              # BOS: the ring's last row
+            keep, rows = torch.cat([q_pos[:1], keep]), torch.cat([q_pos.new_full((1,), self.ring), rows])
+        one = n_slots == 1          # a step: its slot joins the ring first, and the ring is all it attends to
+        if one:
+            state.ring_pos[rows] = keep
+        bias_ring = self._bias(q_pos, state.ring_pos)
+        bias_chunk = None if one else self._bias(q_pos, q_pos)
+        sel = keep - s0
+        for i, blk in enumerate(self.blocks):
+            qkv = blk.qkv(self._layer_norm(x, blk.ln1)).view(B, n_slots, 3, H, hd).permute(2, 0, 3, 1, 4)
+            q, k = qkv[0].clamp(-self.qk_clamp, self.qk_clamp), qkv[1].clamp(-self.qk_clamp, self.qk_clamp)
+            kf, vf = k.double(), qkv[2].clamp(-self.v_clamp, self.v_clamp).double()
+            if one:
+                state.ring_k[i][:, :, rows], state.ring_v[i][:, :, rows] = kf, vf
+                y = self._attention(q, [(state.ring_k[i], state.ring_v[i], bias_ring)])
+            else:
+                y = self._attention(q, [(state.ring_k[i], state.ring_v[i], bias_ring), (kf, vf, bias_chunk)])
+                state.ring_k[i][:, :, rows], state.ring_v[i][:, :, rows] = kf[:, :, sel], vf[:, :, sel]
+            x = (x + blk.proj(y.transpose(1, 2).reshape(B, n_slots, C))).clamp_(-RES_CLAMP, RES_CLAMP)
+            u = blk.fc(self._layer_norm(x, blk.ln2))
+            c = u.clamp(-r, r)                      # gelu = 0 below -r (the table's first entry), u above r
+            x = (x + blk.out(self.gelu[c + r] + (u - c).clamp_(min=0))).clamp_(-RES_CLAMP, RES_CLAMP)
+        if not one:
+            state.ring_pos[rows] = keep
+        state.pos += n_slots
+        logits = self.head(self._layer_norm(x, self.ln_f))                            # (B, Q, 256)
+        e = self.head_exp[(logits.amax(-1, keepdim=True) - logits).clamp_(max=self.head_exp.numel() - 1)]
+        freq = torch.div(e * FREQ_TOTAL, e.sum(-1, keepdim=True), rounding_mode="floor")
+        rest = FREQ_TOTAL - freq.sum(-1, keepdim=True)
+        return freq.scatter_add_(-1, e.argmax(-1, keepdim=True), rest)
+
+
+def _parity(b: torch.Tensor) -> torch.Tensor:
+    """Even-parity bit of byte values (the 9th bit of a parity frame)."""
+    p = torch.zeros_like(b)
+    for i in range(8):
+        p ^= (b >> i) & 1
+    return p
