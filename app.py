@@ -144,7 +144,7 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
                 tel_view = gr.Radio(list(telemetry_tab.TELEMETRY_VIEWS), value="decompressed bits", label="Model reads",
                                     info="decompressed: through the codec, K/C on the original bits; "
                                          "compressed stream: the stream itself, K/C on the stream")
-            tel_text = gr.Textbox("Hello, world!", label=f"Text (≤ {generate_tab.PROMPT_MAX_CHARS:,} characters)", lines=2)
+            tel_text = gr.Textbox("Hello, world!", label=f"Text (≤ {telemetry_tab.TEXT_MAX_CHARS:,} characters)", lines=2)
             tel_btn = gr.Button("Compute telemetry", variant="primary", elem_id="telemetry-btn")
             tel_summary = gr.Markdown(label="Summary")
             tel_status = gr.Markdown(label="Telemetry status", elem_id="tel-status")

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from bitlm.app import codec_tab, generate_tab, telemetry_tab
+from bitlm.app import codec_tab, generate_tab, inputs, telemetry_tab
 from bitlm.bits.frames import bytes_to_bits, format_bits, text_to_bits
 from bitlm.bits.codec import CodecError, compress_bits, compression_ratio
 from bitlm.generate.decoder import Generation
@@ -387,7 +387,7 @@ def test_codec_round_trip(method, parity):
     unpacked = codec_tab.decompress(packed.bits, parity)
     assert unpacked.text == text and unpacked.ratio == packed.ratio
     assert unpacked.bits == format_bits(text_to_bits(text, parity=parity), group=9 if parity else 8,
-                                        groups_per_line=generate_tab.GROUPS_PER_LINE)
+                                        groups_per_line=inputs.GROUPS_PER_LINE)
 
 
 def test_codec_typed_bits_round_trip():

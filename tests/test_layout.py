@@ -168,3 +168,11 @@ def test_no_library_module_parses_the_command_line():
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_says_what_it_owns(path):
     assert ast.get_docstring(ast.parse(path.read_text())), f"{path} needs a docstring"
+
+
+def test_each_tab_is_its_own_unit():
+    # What two tabs share (status lines, bit formatting) lives below them in bitlm.app.inputs or plots.
+    graph = import_graph()
+    tabs = {m for m in graph if m.startswith("bitlm.app.") and m.endswith("_tab")}
+    assert len(tabs) == 3
+    assert {(m, t) for m in tabs for t in graph[m] if t in tabs} == set()

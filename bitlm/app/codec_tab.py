@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import pandas as pd
-import torch
 
 from bitlm.compress import container
 
 from bitlm.app import plots
 from bitlm.bits.frames import decode_bits, format_bits, frame_bits, text_to_bits
-from bitlm.bits.codec import HEADER_BITS, METHODS, CodecError, compress_bits, compression_ratio, decompress_bits, stream_info
+from bitlm.bits.codec import METHODS, CodecError, compress_bits, compression_ratio, decompress_bits
 from bitlm.train.evaluate import classic_bits_per_byte
 from bitlm.compress.exact import UnsupportedModelError
-from bitlm.app.inputs import InputError, friendly, ok, read_bits, read_choice, read_flag, read_text, warn
+from bitlm.app.inputs import GROUPS_PER_LINE, InputError, friendly, ok, ratio_line, read_bits, read_choice, read_flag, read_text, warn
 from bitlm.app.visitors import AppModel
 
 # Input caps, shown in the UI next to the fields they limit.
@@ -36,21 +35,6 @@ FILE_MAX_BYTES = 1 << 20
 NEURAL_FILE_MAX_BYTES = 8 << 10
 BLM_SUFFIX = ".blm"
 CODEC_MODES = ("text", "bits")
-# Bit groups (frames, or bytes of a stream) per line in the bit text boxes: fits their width.
-GROUPS_PER_LINE = 6
-
-
-def ratio_line(label: str, original: torch.Tensor, stream: torch.Tensor) -> str:
-    """One line on what the bit codec did: bits before and after, its method and the ratio (and why a
-    ratio below 1 is no fault)."""
-    ratio = compression_ratio(original, stream)
-    line = (f"{label}: {original.numel():,} → {stream.numel():,} bits "
-            f"(`{stream_info(stream).method}`, compression ratio {ratio:.3f})")
-    if ratio < 1:
-        line += f"; short or varied bits do not compress, and the header costs {HEADER_BITS} bits"
-    return line
-
-
 class CodecResult(NamedTuple):
     """Outputs of the codec tab's compress and decompress, in the order the tab shows them."""
     bits: str

@@ -1,4 +1,5 @@
-"""What a visitor types, checked: the app's input readers, its status messages and the handler wrapper.
+"""What a visitor types, checked: the app's input readers, its status messages (shared by every tab) and the
+handler wrapper.
 
 Every value reaching an endpoint may be wrong in any way (a browser sends numbers, the API anything JSON
 holds: strings for numbers, None, NaN, huge text), so the app's events take their inputs unprocessed and
@@ -17,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bitlm.bits.frames import parse_bit_string
-from bitlm.bits.codec import CodecError
+from bitlm.bits.codec import HEADER_BITS, CodecError, compression_ratio, stream_info
 from bitlm.train.data import CorpusError
 
 log = logging.getLogger("bitlm.app")
@@ -186,3 +187,18 @@ def read_flag(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"The {what} must be true or false, got {_shown(value)}", "tick or untick it")
     return value
+
+
+# Bit groups (frames, or bytes of a stream) per line in the bit text boxes: fits their width.
+GROUPS_PER_LINE = 6
+
+
+def ratio_line(label: str, original: torch.Tensor, stream: torch.Tensor) -> str:
+    """One line on what the bit codec did: bits before and after, its method and the ratio (and why a
+    ratio below 1 is no fault)."""
+    ratio = compression_ratio(original, stream)
+    line = (f"{label}: {original.numel():,} → {stream.numel():,} bits "
+            f"(`{stream_info(stream).method}`, compression ratio {ratio:.3f})")
+    if ratio < 1:
+        line += f"; short or varied bits do not compress, and the header costs {HEADER_BITS} bits"
+    return line

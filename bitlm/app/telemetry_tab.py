@@ -13,13 +13,12 @@ import plotly.graph_objects as go
 import torch
 
 from bitlm.app import plots
-from bitlm.app.codec_tab import ratio_line
-from bitlm.app.generate_tab import PROMPT_MAX_CHARS
-from bitlm.app.inputs import InputError, friendly, ok, read_choice, read_int, read_text
+from bitlm.app.inputs import InputError, friendly, ok, ratio_line, read_choice, read_int, read_text
 from bitlm.app.visitors import AppModel
 from bitlm.bits.codec import HEADER_BITS, compress_bits
 from bitlm.bits.frames import frame_bits, text_to_bits
 
+TEXT_MAX_CHARS = 2_000   # as Generate's prompt: shown beside the field
 LAYER_MAX = 1_000  # layer and head numbers are clamped to the model's; this only bounds what is typed
 TELEMETRY_SOURCES = ("last generation", "text below")
 TELEMETRY_VIEWS = ("decompressed bits", "compressed stream")
@@ -76,7 +75,7 @@ def telemetry(app_model: AppModel, source: Any, text: Any, view: Any, last: dict
         bits, parity = torch.cat([last["prompt_bits"], last["new_bits"]]), last["parity"]
     else:
         parity = model.config.parity
-        bits = text_to_bits(read_text(text, "telemetry text", PROMPT_MAX_CHARS), parity=parity)
+        bits = text_to_bits(read_text(text, "telemetry text", TEXT_MAX_CHARS), parity=parity)
     frame = frame_bits(parity)
     # The stream view needs room for the codec header; crop whole frames from the front.
     room = model.config.block_size - (HEADER_BITS if view == "compressed stream" else 0)
