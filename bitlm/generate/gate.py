@@ -59,11 +59,10 @@ class GateEvent:
 
 @dataclass
 class GateConfig:
-    """How generation uses the gate: `mode` (off, warn, retry, stop), the calibrated `floors` of one
-    window size, and for retry the bound on resampling. Raises ValueError for a bad mode or bound."""
-    mode: str
-    floors: GateFloors
-    max_retries: int = 2
+    """How generation uses the gate. Raises ValueError for a bad mode or bound."""
+    mode: str                    # off, warn, retry or stop
+    floors: GateFloors           # the calibrated floors of one window size
+    max_retries: int = 2         # resamplings of a span before retry gives up and stops
     patience: int = 4            # consecutive checks (every window/8 bytes) below a floor before acting
     hotter: float = 0.4          # added to the temperature when a loop (C or K) triggers a retry
     cooler: float = 0.7          # the temperature is multiplied by this when soup (S) triggers one

@@ -15,33 +15,22 @@ MAX_PATCH_SIZE = 12      # the pattern embedding has 2^patch_size rows
 
 @dataclass
 class BitLMConfig:
-    """Model hyper-parameters (serialised as config.json).
-
-    patch_size: bits per patch (9 = a parity-framed byte; 1 = a plain transformer over bits).
-    parity: the bits are 9-bit parity frames (stream type 0); requires patch_size 9.
-    block_size: the length in bits of a `forward` (training and evaluation windows), a multiple of
-    patch_size. attn_window: the patch slots each slot attends to (itself included); 0 = the
-    whole block. Generation and the codec slide this window without bound.
-    pos: "alibi" (relative, slides) or "learned" (v1 absolute embeddings over the block; such a
-    model restarts its context at the block's end). A config.json without `pos` is a v1 one.
-    n_layer, n_head, n_embd, dropout: the global transformer.
-    local: "factorized" (exact pattern distribution) or "transformer" (MEGABYTE-style local model,
-    with local_layers blocks of width local_embd and n_head heads).
-    n_stream_types: learned input-type embeddings (0 = raw bits, 1 = a compressed codec stream).
-    Raises ValueError with the offending field when the combination is invalid."""
-    patch_size: int = 9
-    parity: bool = True
-    block_size: int = 2304
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    local: str = "factorized"
-    local_layers: int = 2
-    local_embd: int = 64
-    n_stream_types: int = 2
-    pos: str = "alibi"
-    attn_window: int = 0
+    """Model hyper-parameters (serialised as config.json). Generation and the codec slide the attention
+    window without bound; a config.json without `pos` is a v1 one. Raises ValueError with the offending field
+    when the combination is invalid."""
+    patch_size: int = 9           # bits per patch: 9 = a parity-framed byte; 1 = a plain transformer over bits
+    parity: bool = True           # the bits are 9-bit parity frames (stream type 0); needs patch_size 9
+    block_size: int = 2304        # bits in one `forward` (training and evaluation windows), a multiple of patch_size
+    n_layer: int = 4              # blocks of the global transformer over patches
+    n_head: int = 4               # attention heads (also of the transformer local model)
+    n_embd: int = 128             # width of the global transformer
+    dropout: float = 0.0          # on the residual branches, in training only
+    local: str = "factorized"     # "factorized": the exact 2^p-pattern distribution; "transformer": MEGABYTE-style
+    local_layers: int = 2         # blocks of the transformer local model
+    local_embd: int = 64          # width of the transformer local model
+    n_stream_types: int = 2       # learned input-type embeddings: 0 raw bits, 1 a compressed codec stream
+    pos: str = "alibi"            # "alibi" (relative, slides) or "learned" (v1: absolute over the block, restarts)
+    attn_window: int = 0          # patch slots each slot attends to, itself included; 0 = the whole block
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -51,43 +51,36 @@ CHECKPOINTS = ("last", "best")
 class TrainConfig:
     """Everything about a run except the model's shape (that is `BitLMConfig`).
 
-    `steps` and `time_limit` (minutes of wall clock, `elapsed_s`) are totals for the run
-    folder, so a resumed run continues towards the same targets; whichever comes first
-    ends the run, and the cosine schedule reaches `min_lr` at that point. Warm-up is capped
-    at 10 % of `steps` so that short runs still anneal. `out_dir=None` trains in memory
-    without writing files. `batch_size` is the global batch: under torchrun each of the N
-    processes trains on batch_size / N of its sequences. `device` is None (auto: this rank's
-    GPU when there is one), "cpu", "cuda" or "cuda:N"; `amp` runs the forward under bf16
-    autocast; `dist_timeout` (seconds) bounds every wait on the other processes. Each validation
-    also logs K, C and S of the first validation batch (`val_K`: negentropy of the predictions,
-    `val_C`: LZ complexity of the model's most likely bits, `val_S`: symbiosis) and a
-    `telemetry_alert` when one moved by more than `drift_alert` since the previous validation.
+    `steps` and `time_limit` are totals for the run folder, so a resumed run continues towards the same
+    targets; whichever comes first ends the run, and the cosine schedule reaches `min_lr` at that point.
+    Each validation also logs K, C and S of the first validation batch (`val_K`: negentropy of the
+    predictions, `val_C`: LZ complexity of the model's most likely bits, `val_S`: symbiosis).
     """
-    corpus: str | list[str] = "pydoc"
-    preset: str = "small"
-    out_dir: str | None = None
+    corpus: str | list[str] = "pydoc"  # a built-in corpus name ("pydoc", "shakespeare"), a text file, files or a folder
+    preset: str = "small"          # a PRESETS name: the model's shape and this config's defaults
+    out_dir: str | None = None     # run folder (checkpoints, metrics.jsonl); None trains in memory, writing nothing
     resume: str | None = None      # run folder to continue from (its last checkpoint)
-    steps: int = 3000
-    time_limit: float | None = None
-    batch_size: int = 16
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 1337
-    compress_prob: float = 0.5
-    direct_prob: float = 0.0
-    direct_weight: float = 1.0
-    codec_method: str = "auto"
-    val_fraction: float = 0.1
-    log_every: int = 25
+    steps: int = 3000              # optimizer steps in all, the resumed ones included
+    time_limit: float | None = None  # minutes of wall clock in all (`elapsed_s`); None: no limit
+    batch_size: int = 16           # the global batch: under torchrun each of N processes takes batch_size / N
+    lr: float = 2e-3               # peak learning rate, after warm-up
+    min_lr: float = 2e-4           # where the cosine ends
+    warmup_steps: int = 100        # linear warm-up, capped at 10 % of `steps` so that short runs still anneal
+    weight_decay: float = 0.1      # AdamW's, on weights of 2 or more dimensions only
+    grad_clip: float = 1.0         # global gradient-norm clip
+    seed: int = 1337               # data order, compression choices and initialisation
+    compress_prob: float = 0.5     # share of sequences compressed and decompressed before the model (checked lossless)
+    direct_prob: float = 0.0       # share of sequences the model also reads as the compressed stream itself (multi-task)
+    direct_weight: float = 1.0     # weight of that direct loss in the total
+    codec_method: str = "auto"     # the bit codec's method for compressed and direct sequences
+    val_fraction: float = 0.1      # held-out tail of every document
+    log_every: int = 25            # steps between metrics rows
     eval_every: int = 250          # also the checkpoint interval; 0: only at the end
-    eval_bytes: int = 16384
-    device: str | None = None
-    amp: bool = False
-    dist_timeout: float = distributed.DEFAULT_TIMEOUT_S
-    drift_alert: float = 0.05      # a validation's K, C or S moving more than this raises an alert
+    eval_bytes: int = 16384        # size of the fixed validation slice
+    device: str | None = None      # None/"auto" (this rank's GPU if there is one), "cpu", "cuda" or "cuda:N"
+    amp: bool = False              # the forward under bf16 autocast
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_S  # seconds any wait on the other processes may take
+    drift_alert: float = 0.05      # a validation's K, C or S moving more than this raises a telemetry_alert
 
     def __post_init__(self) -> None:
         for name in ("compress_prob", "direct_prob"):
