@@ -10,5 +10,5 @@ python -m bitlm.cli.train --corpus shakespeare --preset base --amp --time-limit 
 python -m bitlm.cli.train --resume runs/v2 --time-limit 195 --lr 6e-4 --min-lr 3e-5
 python -m bitlm.cli.train --resume runs/v2 --time-limit 290 --lr 3e-4 --min-lr 1e-5   # Ctrl-C at 264 minutes
 # Then: held-out figures, the gate's floors, and the weights in place of the shipped ones.
-python bench/quality.py --skip-equal-budget --threads 2 --model runs/v2
+python -m bench.quality --skip-equal-budget --threads 2 --model runs/v2
 python -m bitlm.cli.gate calibrate --model runs/v2/best

@@ -7,8 +7,8 @@ Phases: one visitor alone (the baseline), 8 visitors with the trainer idle, 8 vi
 (started by a ninth visitor, stopped at the end), and with `--before REV` telemetry alone and 8 at once in
 the app of that revision (`git archive REV`, launched the same way). Exits 1 if any request failed.
 
-    python bench/app_load.py                          # the app as shipped (assets/ model)
-    python bench/app_load.py --before f8e9949 --rounds 3
+    python -m bench.app_load                          # the app as shipped (assets/ model)
+    python -m bench.app_load --before f8e9949 --rounds 3
 """
 import argparse
 import os
@@ -27,12 +27,12 @@ from typing import Callable
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from gradio_client import Client  # noqa: E402
+import torch
+from gradio_client import Client
+
+from tests.conftest import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.conftest import free_port, serving  # noqa: E402
 
 PROMPT = "To be, or not to be, that is the question"
 TEL_TEXT = ("Now is the winter of our discontent made glorious summer by this sun of York; and all the clouds "

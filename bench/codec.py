@@ -3,23 +3,20 @@
 frames, beside zlib -1 / -9 on the same bits packed 8 per byte and a plain Python per-run-loop RLE writing
 the same rle format; then the latency of one 2 304-bit compress + decompress with "auto".
 
-    python bench/codec.py          # one thread (torch.set_num_threads(1)), about a minute
+    python -m bench.codec          # one thread (torch.set_num_threads(1)), about a minute
 """
 import itertools
 import os
 import platform
-import sys
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bitlm.bits.frames import bytes_to_bits, text_to_bits  # noqa: E402
-from bitlm.train.data import load_corpus  # noqa: E402
-from bitlm.bits.codec import HEADER_BITS, compress_bits, compression_ratio, decompress_bits, stream_info  # noqa: E402
+from bitlm.bits.frames import bytes_to_bits, text_to_bits
+from bitlm.train.data import load_corpus
+from bitlm.bits.codec import HEADER_BITS, compress_bits, compression_ratio, decompress_bits, stream_info
 
 N = 10_000_000
 NAIVE_BITS = 1_000_000  # the Python loop is timed on the first 1 Mbit of each input

@@ -10,24 +10,21 @@ which fits them on the even-numbered documents' held-out tails), one run prints:
     generations with at least one trigger, and which metric fired;
   * cost: generation bytes/s with the gate (warn) and without, in turns, on one thread.
 
-    python bench/gate.py                          # shipped model in assets/
-    python bench/gate.py --model runs/x --window 64 --prompts 20 --bytes 400
+    python -m bench.gate                          # shipped model in assets/
+    python -m bench.gate --model runs/x --window 64 --prompts 20 --bytes 400
 """
 import argparse
 import collections
 import random
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.quality import load_model_arg, machine_line  # noqa: E402
-from bitlm.bits.frames import text_to_bits  # noqa: E402
-from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.train.evaluate import gate_windows  # noqa: E402
-from bitlm.generate.gate import GateConfig, false_alarm_rates, load_floors  # noqa: E402
+from bench.quality import load_model_arg, machine_line
+from bitlm.bits.frames import text_to_bits
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.train.evaluate import gate_windows
+from bitlm.generate.gate import GateConfig, false_alarm_rates, load_floors
 
 
 def prompts_from(texts: list[str], n: int, chars: int = 48, seed: int = 0) -> list[str]:

@@ -7,23 +7,20 @@ byte-level model is `bitlm.model.transformer.byte_level_config` (`patch_size=8, 
 transformer over bytes with a 256-row embedding table and a 256-way softmax head, i.e. a plain
 byte-level transformer.
 
-    python bench/local_model.py --corpus shakespeare --minutes 10
+    python -m bench.local_model --corpus shakespeare --minutes 10
 """
 import argparse
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model  # noqa: E402
-from bitlm.model.config import byte_level_config  # noqa: E402
-from bitlm.train.trainer import Trainer, make_configs  # noqa: E402
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model
+from bitlm.model.config import byte_level_config
+from bitlm.train.trainer import Trainer, make_configs
 
 BYTES_PER_WINDOW = 128
 

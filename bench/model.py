@@ -6,7 +6,7 @@ model, learned positions, whose context restarts and re-reads 3/4 of its window 
 --bytes bytes on one thread; last, how far speculation could go: how often the draft's guess is the
 sampled byte, the most any single guess could reach on the model's own samples, and the speed that
 ceiling would allow at today's cost per step.
-Run: `python bench/model.py` (about a minute on 2 idle cores; more on a busy machine).
+Run: `python -m bench.model` (about a minute on 2 idle cores; more on a busy machine).
 
 Uses torch.set_num_threads(os.cpu_count()) explicitly. Measurements alternate between the compared
 variants and report the fastest of the repeats, so load from other processes on a shared machine hits
@@ -15,21 +15,18 @@ both alike and disturbs the figures as little as possible.
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.quality import load_model_arg  # noqa: E402
-from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, text_to_bits  # noqa: E402
-from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.generate.draft import NGramDraft  # noqa: E402
-from bitlm.generate.decoder import LOOKAHEAD  # noqa: E402
-from bitlm.model.layers import KVCache, bit_conditionals  # noqa: E402
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM  # noqa: E402
+from bench.quality import load_model_arg
+from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, text_to_bits
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.generate.draft import NGramDraft
+from bitlm.generate.decoder import LOOKAHEAD
+from bitlm.model.layers import KVCache, bit_conditionals
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. However little known the feelings or views of such a man may be on his "

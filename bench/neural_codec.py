@@ -9,8 +9,8 @@
 
 and the exact path's cross-entropy (Σ -log2 of its coded frequencies) beside the float model's.
 
-    python bench/neural_codec.py --bytes 100000 1000000
-    python bench/neural_codec.py --model runs/v2/best --bytes 20000 --skip-float-above 0
+    python -m bench.neural_codec --bytes 100000 1000000
+    python -m bench.neural_codec --model runs/v2/best --bytes 20000 --skip-float-above 0
 """
 import argparse
 import bz2
@@ -18,7 +18,6 @@ import lzma
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -27,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.quality import load_model_arg  # noqa: E402
-from bitlm.compress import float_reference, container  # noqa: E402
-from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
+from bench.quality import load_model_arg
+from bitlm.compress import float_reference, container
+from bitlm.train.data import load_corpus, split_corpus
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:

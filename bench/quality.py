@@ -22,8 +22,8 @@ last 10 % of every play, 505,739 bytes), prints one table:
     in two processes, so load hits both alike. The spread over seeds is printed beside the mean.
 Ratios are against bz2 -9 and the byte-level model of this run.
 
-    python bench/quality.py                                  # shipped model in assets/, shakespeare
-    python bench/quality.py --model runs/x --corpus pydoc --minutes 0.2 --threads 1
+    python -m bench.quality                                  # shipped model in assets/, shakespeare
+    python -m bench.quality --model runs/x --corpus pydoc --minutes 0.2 --threads 1
 """
 import argparse
 import hashlib
@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -40,16 +39,16 @@ from pathlib import Path
 
 import torch
 
+from bench import compressors
+from bitlm.bits.frames import bits_to_bytes
+from bitlm.train.data import Corpus, load_corpus, split_corpus
+from bitlm.train.evaluate import evaluate_model, evaluate_stream
+from bitlm.model.config import byte_level_config
+from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.train.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state
+from bitlm.train.trainer import PRESETS, Trainer, make_configs
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench import compressors  # noqa: E402
-from bitlm.bits.frames import bits_to_bytes  # noqa: E402
-from bitlm.train.data import Corpus, load_corpus, split_corpus  # noqa: E402
-from bitlm.train.evaluate import evaluate_model, evaluate_stream  # noqa: E402
-from bitlm.model.config import byte_level_config  # noqa: E402
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM  # noqa: E402
-from bitlm.train.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state  # noqa: E402
-from bitlm.train.trainer import PRESETS, Trainer, make_configs  # noqa: E402
 
 DASH = "—"
 

@@ -14,25 +14,22 @@ and generation speeds side by side. The --model also runs with speculation (`bit
 built from the corpus's training split; --no-draft skips it): the table checks its bits equal the
 plain generation's and gives its speed beside the others.
 
-    python bench/sample_quality.py                           # shipped model in assets/, shakespeare
-    python bench/sample_quality.py --threads 1 --baseline git:f8e9949   # beside the v1 model
-    python bench/sample_quality.py --model runs/x --corpus pydoc --threads 1
+    python -m bench.sample_quality                           # shipped model in assets/, shakespeare
+    python -m bench.sample_quality --threads 1 --baseline git:f8e9949   # beside the v1 model
+    python -m bench.sample_quality --model runs/x --corpus pydoc --threads 1
 """
 import argparse
 import re
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.quality import load_model_arg, machine_line  # noqa: E402
-from bitlm.bits.frames import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits  # noqa: E402
-from bitlm.train.data import load_corpus, split_corpus  # noqa: E402
-from bitlm.generate.draft import NGramDraft  # noqa: E402
-from bitlm.train.evaluate import vocabulary, word_share  # noqa: E402
-from bitlm.model.transformer import BitTransformerLM  # noqa: E402
+from bench.quality import load_model_arg, machine_line
+from bitlm.bits.frames import BitDecodeError, bits_to_text, decode_bits, frame_bits, text_to_bits
+from bitlm.train.data import load_corpus, split_corpus
+from bitlm.generate.draft import NGramDraft
+from bitlm.train.evaluate import vocabulary, word_share
+from bitlm.model.transformer import BitTransformerLM
 
 PROMPTS = (
     "KING.\n",

@@ -1,5 +1,5 @@
 """Training at scale (issue 8, Must show 2): bits/s of 1 and 2 CPU processes side by side, and on a CUDA
-GPU when there is one. Run: `python bench/train_scale.py [--preset small] [--seconds 60]`.
+GPU when there is one. Run: `python -m bench.train_scale [--preset small] [--seconds 60]`.
 
 Every setting is a real run of `torchrun --standalone --nproc_per_node N -m bitlm.cli.train` for `--seconds`
 of training (`--time-limit`), on the built-in pydoc corpus, with the preset's global batch (so N
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bitlm.train.checkpoints import read_metrics  # noqa: E402
-from bitlm.train.trainer import PRESETS  # noqa: E402
+from bitlm.train.checkpoints import read_metrics
+from bitlm.train.trainer import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(preset: str, seconds: float, nproc: int, threads: int, device: str, amp: bool = False) -> dict:
