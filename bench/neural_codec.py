@@ -78,14 +78,14 @@ def run(model, data: bytes, with_exact: bool, with_float: bool) -> None:
         back, t_dec = timed(lambda: container.decompress_file(result.blob, model, max_bytes=n))
         if back != data:
             raise SystemExit("exact path round trip FAILED")
-        rows["exact path (neural_codec)"] = (len(result.blob), t_enc, t_dec)
+        rows["exact path (container)"] = (len(result.blob), t_enc, t_dec)
     float_ideal = None
     if with_float:
         enc, t_enc = timed(lambda: float_reference.encode_bytes(model, data))
         back, t_dec = timed(lambda: float_reference.decompress_bytes(model, enc.stream, max_bytes=n))
         if back != data:
             raise SystemExit("float path round trip FAILED")
-        rows["float path (float_codec)"] = (len(enc.stream), t_enc, t_dec)
+        rows["float path (float_reference)"] = (len(enc.stream), t_enc, t_dec)
         float_ideal = enc.ideal_bits
     rows.update(classic_rows(data))
 

@@ -133,7 +133,7 @@ def bits_per_byte_table(rows: Mapping[str, float], n_bytes: int) -> pd.DataFrame
 
 
 def file_codec_table(sizes: Mapping[str, int], n_bytes: int, chosen: str) -> pd.DataFrame:
-    """The file compressor's methods side by side on the same bytes (`neural_codec.CompressResult.sizes`).
+    """The file compressor's methods side by side on the same bytes (`bitlm.compress.container.CompressResult.sizes`).
 
     Takes: {method: whole-file size in bytes, header included}, the original's size, the method chosen.
     Returns: DataFrame with columns `method` (in the order given), `file bytes`, `bits per byte` (3 places;

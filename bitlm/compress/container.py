@@ -19,10 +19,9 @@ length, and checks the CRC, so corrupted, truncated or foreign input raises `Neu
 `CodecError`) with a reason, never garbage. Memory while decoding: the stated length (≤ max_bytes), a
 decompressor's state (lzma's dictionary is at most that length), and for neural streams the lanes'
 contexts, 2 · layers · window · n_embd · 8 bytes per lane (6 MB for the 6 × 256 model; 64 lanes from
-16 KiB up); time is linear in the stated length, so max_bytes bounds both. `compress_file` / `decompress_file` are the API; `python -m
-bitlm.compress.container` is the command line (`bitlm.cli.compress`). The float reference path lives in
-`bitlm.compress.float_reference`; the names the app calls today (`encode_bytes`, `decompress_text`, `KIND_TEXT`,
-`HEADER_BYTES`) are re-exported from it until the app moves to `compress_file`.
+16 KiB up); time is linear in the stated length, so max_bytes bounds both. `compress_file` / `decompress_file` are
+the API (re-exported from `bitlm`); the command line is `python -m bitlm.cli.compress`. The float reference
+path, which benchmarks measure this one against, lives in `bitlm.compress.float_reference`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bitlm.app.generate_tab: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
+"""bitlm.app's Generate and Telemetry tabs: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
 import json
 import threading
 
