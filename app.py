@@ -18,10 +18,10 @@ import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel
 
 from bitlm.app import codec_tab, generate_tab, plots, telemetry_tab
-from bitlm.bits.codec import METHODS
 from bitlm.app.endpoints import IDLE, Endpoints
-from bitlm.train.trainer import PRESETS
 from bitlm.app.visitors import CORPORA, TRAIN_MAX_STEPS, UPLOAD_MAX_BYTES, SharedTrainer, Visitor, load_app_model
+from bitlm.bits.codec import METHODS
+from bitlm.train.trainer import PRESETS
 
 LAUNCH_KWARGS = dict(
     theme=gr.themes.Soft(),

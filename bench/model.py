@@ -26,7 +26,8 @@ from bitlm.train.data import load_corpus, split_corpus
 from bitlm.generate.draft import NGramDraft
 from bitlm.generate.decoder import LOOKAHEAD
 from bitlm.model.layers import KVCache, bit_conditionals
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. However little known the feelings or views of such a man may be on his "

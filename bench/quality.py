@@ -44,7 +44,8 @@ from bitlm.bits.frames import bits_to_bytes
 from bitlm.train.data import Corpus, load_corpus, split_corpus
 from bitlm.train.evaluate import evaluate_model, evaluate_stream
 from bitlm.model.config import byte_level_config
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from bitlm.train.checkpoints import STATE_FILE, find_checkpoint, load_trainer_state
 from bitlm.train.trainer import PRESETS, Trainer, make_configs
 

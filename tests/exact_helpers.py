@@ -14,7 +14,8 @@ import torch
 
 from bitlm.bits.frames import bytes_to_bits
 from bitlm.train.data import load_corpus, split_corpus
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 
 TINY_V2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=9 * 64, attn_window=32)   # window < inputs: it slides
 

@@ -12,7 +12,8 @@ import torch
 
 from bitlm.compress import container as nc
 from bitlm.cli.compress import main
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from tests.exact_helpers import TINY_V2
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from bitlm.bits.frames import bytes_to_bits
 from bitlm.train.data import load_corpus
 from bitlm.cli.evaluate import main
 from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from bitlm.train.checkpoints import save_checkpoint
 from bitlm.train.trainer import PRESETS
 

@@ -8,7 +8,8 @@ import torch
 
 from bitlm.compress import exact
 from bitlm.bits.frames import bytes_to_bits
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from tests.exact_helpers import TINY_V2, fitted_tiny, held_out, one_thread  # noqa: F401 (autouse fixture)
 
 

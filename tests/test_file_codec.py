@@ -10,7 +10,8 @@ import pytest
 from bitlm.app import codec_tab, plots
 
 from bitlm.compress import container
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from bitlm.app.visitors import AppModel, load_app_model
 from conftest import assert_friendly
 

@@ -8,7 +8,8 @@ import torch
 from bitlm.compress import float_reference as nc
 from bitlm.bits.frames import bytes_to_bits, text_to_bits
 from bitlm.bits.codec import CodecError
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 
 SENTENCE = "the quick brown fox jumps over the lazy dog. "
 HELD_OUT = ("It was the best of times, it was the worst of times; the dog sat by the fox "

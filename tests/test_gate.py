@@ -13,7 +13,8 @@ from bitlm.train.evaluate import gate_windows
 from bitlm.generate.gate import (
     GateConfig, GateFloors, describe, false_alarm_rates, floors_from, load_floors, save_floors, window_metrics,
 )
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from bitlm.model.telemetry import lz_complexity, negentropy, symbiosis
 
 TEXT = ("KING. My lord, the night is cold and the watch is set; go, tell the queen the news.\n"

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, decode_bits, text_to_bits
 from bitlm.bits.codec import CodecError, compress_bits
-from bitlm.model.transformer import (
-    PARITY_OFFSET, BitLMConfig, BitTransformerLM, _bit_conditionals, _gather_bits, model_output_decompress,
-)
+from bitlm.model.config import BitLMConfig
+from bitlm.model.layers import PARITY_OFFSET
+from bitlm.model.transformer import BitTransformerLM, _bit_conditionals, _gather_bits, model_output_decompress
 from bitlm.model.telemetry import attention_entropy, lz_complexity, negentropy
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, local_layers=1, local_embd=16)

@@ -12,7 +12,8 @@ import pytest
 
 from bitlm.compress import container as nc
 from bitlm.bits.codec import CodecError
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from tests.exact_helpers import TINY_V2, fitted_tiny, input_set, one_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,8 +39,9 @@ def test_pip_install_gives_the_package_its_model_and_its_commands_anywhere(tmp_p
     # --no-deps: the dependencies are this venv's (the same pins); --no-build-isolation: no download.
     # Copied first so that the build's own files (build/, *.egg-info) never land in the clone.
     source, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "test-output", "__pycache__",
-                                                                 ".pytest_cache", ".hypothesis", "*.egg-info", "build"))
+    skip = shutil.ignore_patterns(".git", ".venv", "runs", "test-output", "__pycache__", ".pytest_cache", ".hypothesis",
+                                  "*.egg-info", "build")
+    shutil.copytree(ROOT, source, ignore=skip)
     elsewhere.mkdir()
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                               "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)

@@ -11,7 +11,8 @@ from bitlm.bits.frames import bits_to_bytes, bytes_to_bits, text_to_bits
 from bitlm.train.data import load_corpus, split_corpus
 from bitlm.train.evaluate import evaluate_model, vocabulary, word_share, words
 from bitlm.model.config import byte_level_config
-from bitlm.model.transformer import BitLMConfig, BitTransformerLM
+from bitlm.model.config import BitLMConfig
+from bitlm.model.transformer import BitTransformerLM
 from bitlm.train.trainer import PRESETS
 
 TEXT = ("KING.\nThe quick brown fox jumps over the lazy dog; the dog's day is done.\n\n"

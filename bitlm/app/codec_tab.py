@@ -12,15 +12,15 @@ from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
-from bitlm.compress import container
-
 from bitlm.app import plots
-from bitlm.bits.frames import decode_bits, format_bits, frame_bits, text_to_bits
-from bitlm.bits.codec import METHODS, CodecError, compress_bits, compression_ratio, decompress_bits
-from bitlm.train.evaluate import classic_bits_per_byte
-from bitlm.compress.exact import UnsupportedModelError
-from bitlm.app.inputs import GROUPS_PER_LINE, InputError, friendly, ok, ratio_line, read_bits, read_choice, read_flag, read_text, warn
+from bitlm.app.inputs import (GROUPS_PER_LINE, InputError, friendly, ok, ratio_line, read_bits, read_choice, read_flag,
+                              read_text, warn)
 from bitlm.app.visitors import AppModel
+from bitlm.bits.codec import METHODS, CodecError, compress_bits, compression_ratio, decompress_bits
+from bitlm.bits.frames import decode_bits, format_bits, frame_bits, text_to_bits
+from bitlm.compress import container
+from bitlm.compress.exact import UnsupportedModelError
+from bitlm.train.evaluate import classic_bits_per_byte
 
 # Input caps, shown in the UI next to the fields they limit.
 CODEC_MAX_CHARS = 10_000
@@ -201,7 +201,7 @@ def compress_upload(app_model: AppModel, upload: Any, text: Any, out_dir: str | 
     methods = container.METHODS if neural else tuple(m for m in container.METHODS if m != "neural")
     t0 = time.perf_counter()
     result = container.compress_file(data, app_model.model, methods=methods,
-                                        on_progress=_progress(progress, "compressing with the model"))
+                                     on_progress=_progress(progress, "compressing with the model"))
     seconds = time.perf_counter() - t0
     out = Path(out_dir) / (_safe_name(name, "file") + BLM_SUFFIX)
     out.write_bytes(result.blob)
@@ -245,7 +245,7 @@ def decompress_upload(app_model: AppModel, upload: Any, out_dir: str | Path,
                              f"decompress it with python -m bitlm.cli.compress decompress {name}")
         t0 = time.perf_counter()
         data = container.decompress_file(blob, app_model.model, max_bytes=FILE_MAX_BYTES,
-                                            on_progress=_progress(progress, "decompressing with the model"))
+                                         on_progress=_progress(progress, "decompressing with the model"))
     except (CodecError, UnsupportedModelError) as e:
         if "model" in str(e):
             raise InputError(f"Cannot decompress “{name}”: {e}",

@@ -123,8 +123,8 @@ class Endpoints:
             {start, end, metric, value, floor, action, temperature} (output bytes [start, end)).
         """
         visitor = _visitor(visitor, request)
-        for result in generate_tab.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed, compress,
-                                    gate_mode, gate_window):
+        for result in generate_tab.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed,
+                                            compress, gate_mode, gate_window):
             if result.last is not None:
                 visitor.last = result.last
             yield (*result[:5], result.gate_chart, result.gate_events, visitor)

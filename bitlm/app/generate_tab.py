@@ -17,15 +17,15 @@ import plotly.graph_objects as go
 import torch
 
 from bitlm.app import plots
-from bitlm.bits.frames import decode_bits, format_bits, frame_bits, text_to_bits
+from bitlm.app.inputs import (GROUPS_PER_LINE, InputError, friendly, log, ok, ratio_line, read_bits, read_choice,
+                              read_flag, read_float, read_int, read_text, warn)
+from bitlm.app.visitors import RECALIBRATE, AppModel
 from bitlm.bits.codec import CodecError, compress_bits, compression_ratio, decompress_bits
+from bitlm.bits.frames import decode_bits, format_bits, frame_bits, text_to_bits
+from bitlm.generate.decoder import Generation
 from bitlm.generate.gate import MODES as GATE_MODES
 from bitlm.generate.gate import GateConfig, describe
-from bitlm.app.inputs import (GROUPS_PER_LINE, InputError, friendly, log, ok, ratio_line, read_bits, read_choice, read_flag, read_float, read_int,
-                          read_text, warn)
-from bitlm.generate.decoder import Generation
 from bitlm.model.transformer import model_output_decompress
-from bitlm.app.visitors import RECALIBRATE, AppModel
 
 # Input caps, shown in the UI next to the fields they limit.
 PROMPT_MAX_CHARS = 2_000

@@ -41,7 +41,7 @@ import torch
 
 from bitlm.bits.codec import CodecError
 from bitlm.compress.exact import (EXACT_VERSION, ExactPredictor, LaneState, UnsupportedModelError, tables,
-                         tables_digest)
+                                  tables_digest)
 from bitlm.model.transformer import BitTransformerLM
 
 MAGIC, VERSION = 0xB7, 1

@@ -70,7 +70,7 @@ class TrainConfig:
     grad_clip: float = 1.0         # global gradient-norm clip
     seed: int = 1337               # data order, compression choices and initialisation
     compress_prob: float = 0.5     # share of sequences compressed and decompressed before the model (checked lossless)
-    direct_prob: float = 0.0       # share of sequences the model also reads as the compressed stream itself (multi-task)
+    direct_prob: float = 0.0       # share of sequences the model also reads as their compressed stream (multi-task)
     direct_weight: float = 1.0     # weight of that direct loss in the total
     codec_method: str = "auto"     # the bit codec's method for compressed and direct sequences
     val_fraction: float = 0.1      # held-out tail of every document
