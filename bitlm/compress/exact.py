@@ -49,6 +49,7 @@ RES_CLAMP = 1 << (RES_BITS + 8)
 EXACT_VERSION = 1             # bump when any constant or rule above changes the frequencies
 _SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
 _HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
+DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
 
 # SHA-256 of the three lookup tables (exp for attention, exp for the head, GELU) as little-endian int64.
 # A machine whose float64 arithmetic is not IEEE-754 round-to-nearest would build other tables: refused.
@@ -178,6 +179,16 @@ class _Linear:
         return _fshift(y, self.shift).clamp_(-self.clamp, self.clamp).to(torch.int64)
 
     @property
+    def np_b(self) -> np.ndarray:
+        """The bias as a float64 numpy array (exact: |b| < 2^52), for the numba kernels."""
+        return self.bf.numpy()
+
+    @property
+    def scale(self) -> float:
+        """2^-shift: `_fshift` multiplies by it (then adds 1/2 and floors when shift > 0)."""
+        return 2.0 ** -self.shift
+
+    @property
     def bf(self) -> torch.Tensor:
         """The bias as float64 (exact: |b| < 2^52)."""
         if self._bf is None or self._bf.device != self.b.device:
@@ -227,15 +238,72 @@ class _Block:
 class LaneState:
     """The context of B lanes stepped together: per layer the keys/values of the last window - 1 slots
     (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
-    slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index."""
+    slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index.
+
+    Memory. With the numba kernel (the CPU default) keys and values are int16, (lanes, H, window, hd)
+    per layer: 2 · layers · window · n_embd · 2 bytes per lane (`bytes_per_lane`; 1.57 MB for the shipped
+    6 × 256 model with its 256-slot window, a quarter of the float64 rings of the torch path, 6.3 MB),
+    so 64 lanes hold 100.7 MB. A lane whose key or value ever leaves int16 (never seen on real input;
+    see `ExactPredictor` for why it can happen) gets an int32 copy of that layer's ring (int64 when a
+    clamp exceeds int32), allocated for all lanes of that layer the first time: at most 3× the int16
+    figure. Besides: `ring_pos` (window · 8 bytes), one byte per lane and layer (`wide`), and per chunk
+    size the step's scratch buffers (`scratch_bytes`, ~40 KB per lane for a one-slot step of the
+    shipped model). `nbytes()` is what the rings and flags hold now."""
 
     def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
         self.lanes, self.pos = lanes, 0
         H, hd, rows, L = pred.n_head, pred.head_dim, pred.ring + 1, len(pred.blocks)
         dev = pred.device
-        self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-        self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-        self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
+        self.kernel = pred.kernel
+        if self.kernel == "torch":
+            self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+            self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
+            self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
+            return
+        self.ring_k = [np.zeros((lanes, H, rows, hd), dtype=np.int16) for _ in range(L)]
+        self.ring_v = [np.zeros((lanes, H, rows, hd), dtype=np.int16) for _ in range(L)]
+        self.wide_k: list[np.ndarray | None] = [None] * L      # allocated when a lane of the layer outgrows int16
+        self.wide_v: list[np.ndarray | None] = [None] * L
+        self.wide = np.zeros((L, lanes), dtype=np.int8)          # 1: the lane's ring of that layer is wide_k/v
+        self.ring_pos = np.full(rows, -1, dtype=np.int64)
+        self._wide_dtype = pred.wide_dtype
+        self._scratch: dict[int, dict[str, np.ndarray]] = {}
+        self._none = np.zeros((1, 1, 1, 1), dtype=pred.wide_dtype)
+
+    @staticmethod
+    def bytes_per_lane(pred: "ExactPredictor") -> int:
+        """Bytes of keys and values a lane holds (int16 rings; 4x that with the torch path's float64)."""
+        per = 2 * len(pred.blocks) * (pred.ring + 1) * pred.n_head * pred.head_dim
+        return per * (8 if pred.kernel == "torch" else 2)
+
+    def nbytes(self) -> int:
+        """Bytes the rings, their wide copies, ring_pos and the flags hold now (scratch buffers aside)."""
+        if self.kernel == "torch":
+            return sum(t.numel() * t.element_size() for t in [*self.ring_k, *self.ring_v, self.ring_pos])
+        arrays = [*self.ring_k, *self.ring_v, *(a for a in self.wide_k + self.wide_v if a is not None),
+                  self.ring_pos, self.wide]
+        return sum(a.nbytes for a in arrays)
+
+    def scratch_bytes(self) -> int:
+        """Bytes of the scratch buffers allocated so far (one set per chunk size)."""
+        return sum(a.nbytes for sc in self._scratch.values() for a in sc.values() if isinstance(a, np.ndarray))
+
+    def _widen(self, i: int) -> None:
+        """Give the lanes of layer i marked 2 (a key or value outside int16) a wide copy of their ring."""
+        if self.wide_k[i] is None:
+            self.wide_k[i] = np.zeros(self.ring_k[i].shape, dtype=self._wide_dtype)
+            self.wide_v[i] = np.zeros(self.ring_v[i].shape, dtype=self._wide_dtype)
+        for b in np.flatnonzero(self.wide[i] == 2):
+            self.wide_k[i][b] = self.ring_k[i][b]
+            self.wide_v[i][b] = self.ring_v[i][b]
+            self.wide[i, b] = 1
+
+    def _ring_double(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's keys and values as float64 tensors (lanes, H, rows, hd) (for checks and tests)."""
+        k, v = self.ring_k[i].astype(np.float64), self.ring_v[i].astype(np.float64)
+        for b in np.flatnonzero(self.wide[i] == 1):
+            k[b], v[b] = self.wide_k[i][b], self.wide_v[i][b]
+        return torch.from_numpy(k), torch.from_numpy(v)
 
 
 class ExactPredictor:
@@ -244,9 +312,13 @@ class ExactPredictor:
     `ExactPredictor.of(model)` derives it (cached per model); `frequencies(state, prev)` advances
     lanes by a chunk of slots and returns each slot's 256 integer byte frequencies."""
 
-    def __init__(self, model: BitTransformerLM, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None,
+                 threads: int | None = None) -> None:
         c = model.config
         self.device = torch.device(device)
+        if kernel not in (None, "numba", "torch"):
+            raise ValueError(f"kernel must be 'numba', 'torch' or None (the default), got {kernel!r}")
+        self.threads = threads
         if c.local != "factorized":
             raise UnsupportedModelError(f"the exact path needs the factorized local model, not {c.local!r}")
         if c.pos != "alibi":
@@ -298,6 +370,16 @@ class ExactPredictor:
             self.byte_pattern = pats
             self.head = _linear(model.patch_emb.weight.detach().cpu()[pats], None, model.ln_f.weight, model.ln_f.bias,
                                 NORM_BITS, norm_bound, LOGIT_BITS, 1 << (LOGIT_BITS + 24))
+        cpu_ok = self.device.type == "cpu" and self.ring > 0 and _kernels() is not None
+        if kernel == "numba" and not cpu_ok:
+            raise ValueError("the numba kernel runs on the CPU, with numba installed, for windows of 2 slots or more")
+        self.kernel = kernel or (DEFAULT_KERNEL if cpu_ok else "torch")
+        # a clamp that int32 cannot hold widens overflowing lanes to int64 (both exact)
+        self.wide_dtype = np.int32 if max(self.qk_clamp, self.v_clamp) <= np.iinfo(np.int32).max else np.int64
+        if self.kernel == "numba":
+            self._np = {"att_exp": self.att_exp.numpy(), "head_exp": self.head_exp.numpy(), "gelu": self.gelu.numpy(),
+                        "slopes": self.slopes.numpy(), "emb": self.emb.numpy(), "bos": self.bos.numpy(),
+                        "pattern": self.byte_pattern.numpy()}
         if self.device.type != "cpu":
             for name in ("att_exp", "att_exp_f", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
                 setattr(self, name, getattr(self, name).to(self.device))
@@ -307,14 +389,14 @@ class ExactPredictor:
     _cache: "weakref.WeakKeyDictionary[BitTransformerLM, tuple[tuple, ExactPredictor]]" = weakref.WeakKeyDictionary()
 
     @classmethod
-    def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu") -> "ExactPredictor":
-        """The predictor of `model` on `device` (its integers are the same on any device), derived once
-        and re-derived when a weight changed in place. Raises UnsupportedModelError (see the class)."""
-        versions = (str(device),) + tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
+    def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None) -> "ExactPredictor":
+        """The predictor of `model` on `device` (its integers are the same on any device and kernel),
+        derived once and re-derived when a weight changed in place. Raises UnsupportedModelError (see the class)."""
+        versions = (str(device), kernel) + tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
         hit = cls._cache.get(model)
         if hit is not None and hit[0] == versions:
             return hit[1]
-        pred = cls(model, device)
+        pred = cls(model, device, kernel)
         cls._cache[model] = (versions, pred)
         return pred
 
@@ -363,7 +445,16 @@ class ExactPredictor:
         each slot predicts (each row sums to FREQ_TOTAL; the coder gives byte b the weight freq + 1 of 2^24).
 
         prev: (B, m) int64 byte values that feed the slots: slot s reads byte s - 1, slot 0 reads BOS,
-        so m = n_slots - 1 when the chunk starts at slot 0, else n_slots."""
+        so m = n_slots - 1 when the chunk starts at slot 0, else n_slots. The state must come from a
+        predictor with the same kernel (`LaneState(pred, lanes)`)."""
+        if state.kernel != self.kernel:
+            raise ValueError(f"a LaneState of the {state.kernel} kernel given to a predictor of the {self.kernel} one")
+        if self.kernel == "numba":
+            return self._frequencies_numba(state, prev, n_slots)
+        return self._frequencies_torch(state, prev, n_slots)
+
+    def _frequencies_torch(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
+        """`frequencies` in float64 torch ops (any device; the reference the numba kernel is checked against)."""
         B, s0 = state.lanes, state.pos
         dev = self.device
         x = (self.emb[self.byte_pattern[prev.to(dev)]] if prev is not None and prev.numel()
@@ -407,6 +498,118 @@ class ExactPredictor:
         freq = torch.div(e * FREQ_TOTAL, e.sum(-1, keepdim=True), rounding_mode="floor")
         rest = FREQ_TOTAL - freq.sum(-1, keepdim=True)
         return freq.scatter_add_(-1, e.argmax(-1, keepdim=True), rest)
+
+
+    # ------------------------------------------------------------------------------- numba path
+
+    def _scratch(self, state: LaneState, Q: int) -> dict:
+        """The step's buffers for chunks of Q slots (allocated once per state and chunk size) and torch
+        views of those the matmuls read and write."""
+        sc = state._scratch.get(Q)
+        if sc is None:
+            N, C = state.lanes * Q, self.n_head * self.head_dim
+            f, i = np.float64, np.int64
+            sc = {"x": np.empty((N, C), i), "ln": np.empty((N, C), f), "y3": np.empty((N, 3 * C), f),
+                  "q": np.empty((N, C), i), "k": np.empty((N, C), i), "v": np.empty((N, C), i),
+                  "att": np.empty((N, C), f), "yc": np.empty((N, C), f),
+                  "u": np.empty((N, self.blocks[0].fc.w.size(0)), f), "g": np.empty((N, self.blocks[0].fc.w.size(0)), f),
+                  "logit": np.empty((N, 256), f)}
+            sc["t"] = {k: torch.from_numpy(v) for k, v in sc.items() if v.dtype == f}
+            state._scratch[Q] = sc
+        return sc
+
+    def _run(self, fn, args: tuple, B: int) -> int:
+        """fn(*args, b0, b1) over lane ranges [b0, b1) that split B lanes among the threads (self.threads,
+        else torch's); the sum of what the calls return. Lanes are independent: any split, same bits."""
+        T = min(self.threads or torch.get_num_threads(), B)
+        if T <= 1:
+            return fn(*args, 0, B) or 0
+        cuts = [B * t // T for t in range(T + 1)]
+        pool = _pool(T - 1)
+        futs = [pool.submit(fn, *args, cuts[t], cuts[t + 1]) for t in range(1, T)]
+        total = fn(*args, cuts[0], cuts[1]) or 0
+        return total + sum(f.result() or 0 for f in futs)
+
+    def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
+        """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see
+        `bitlm.compress.attention_kernel`), keys and values in int16 rings."""
+        K = _kernels()
+        B, s0, Q = state.lanes, state.pos, n_slots
+        H, hd = self.n_head, self.head_dim
+        C, W, r = H * hd, self.window, GELU_RANGE << ACT_BITS
+        m = 0 if prev is None or not prev.numel() else prev.size(1)
+        if m + (s0 == 0) != Q:
+            raise ValueError(f"{n_slots} slots from slot {s0} need {n_slots - (s0 == 0)} input bytes per lane")
+        t = self._np
+        sc = self._scratch(state, Q)
+        x, ln, T = sc["x"], sc["ln"], sc["t"]
+        xv = x.reshape(B, Q, C)
+        if s0 == 0:
+            xv[:, 0] = t["bos"]
+        if m:
+            xv[:, Q - m:] = t["emb"][t["pattern"][prev.cpu().numpy()]]
+        slots = np.arange(s0, s0 + Q)
+        keep = slots[slots > 0][-self.ring:]                                 # slots that join the ring
+        rows = (keep - 1) % self.ring
+        if s0 == 0:                                                          # BOS: the ring's last row
+            keep, rows = np.concatenate([[0], keep]), np.concatenate([[self.ring], rows])
+        src = (keep - s0).astype(np.int64)
+        rows = rows.astype(np.int64)
+        br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, -1)
+        b0 = self.blocks[0]
+        self._run(K.pre_layer, (x, b0.ln1[0], b0.ln1[1], ln, Q), B)
+        for i, blk in enumerate(self.blocks):
+            torch.matmul(T["ln"], blk.qkv.w.t(), out=T["y3"])
+            wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
+            wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
+            args = (sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
+                    sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
+                    br, bc, -1, t["att_exp"], hd, sc["att"], rows, src)
+            if self._run(K.post_qkv, args, B):                               # a lane outgrew int16: widen it
+                state._widen(i)
+                K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
+                        state.wide[i], rows, src, hd, 0, B)
+            torch.matmul(T["att"], blk.proj.w.t(), out=T["yc"])
+            self._run(K.post_residual, (x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
+                                        blk.ln2[0], blk.ln2[1], ln, Q), B)
+            torch.matmul(T["ln"], blk.fc.w.t(), out=T["u"])
+            self._run(K.post_fc, (sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], r, sc["g"], Q), B)
+            torch.matmul(T["g"], blk.out.w.t(), out=T["yc"])
+            nxt = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
+            self._run(K.post_residual, (x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
+                                        nxt[0], nxt[1], ln, Q), B)
+        state.ring_pos[rows] = keep
+        state.pos += Q
+        torch.matmul(T["ln"], self.head.w.t(), out=T["logit"])
+        freq = np.empty((B * Q, 256), dtype=np.int64)
+        self._run(K.post_head, (sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
+                                FREQ_TOTAL, freq, Q), B)
+        return torch.from_numpy(freq.reshape(B, Q, 256))
+
+
+_POOL: list = []
+
+
+def _pool(workers: int):
+    """A thread pool of at least `workers` threads (shared, grown on demand)."""
+    from concurrent.futures import ThreadPoolExecutor
+    if not _POOL or _POOL[0]._max_workers < workers:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitlm-exact")]
+    return _POOL[0]
+
+
+_KERNELS: list = []
+
+
+def _kernels():
+    """The numba kernels module (imported on first use), None when numba is not installed."""
+    if not _KERNELS:
+        try:
+            from bitlm.compress import attention_kernel
+        except ImportError:
+            attention_kernel = None
+        _KERNELS.append(attention_kernel)
+    return _KERNELS[0]
 
 
 def _parity(b: torch.Tensor) -> torch.Tensor:

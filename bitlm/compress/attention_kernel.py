@@ -1,0 +1,285 @@
+"""Numba kernels of the exact predictor's CPU path (`bitlm.compress.exact`, kernel="numba"): the integer
+attention of a chunk of Q query slots (Q = 1: a decode step) over each lane's ring of keys/values held
+as int16 (int32/int64 for a lane whose values outgrew int16), and the elementwise integer steps between
+the float64 matmuls (layer norm, rounding shifts and clamps, residual adds, GELU table, byte frequencies).
+
+Every function repeats, operation for operation, what `ExactPredictor`'s torch path does, so the
+integers are the same: dot products and Σ e·v, Σ e are int64 sums of int64 products (exact, any order);
+a score is (q·k + 2^13) >> 14 (= floor(q·k / 2^14 + 1/2), the torch path's `_fshift`) minus the ALiBi
+bias; weights come from the same exp table after the same max subtraction and clamp to its last entry
+(0); an output is np.rint(float(Σ e·v) / float(Σ e)): both sums are integers below 2^52, so the int64 ->
+float64 conversions are exact, the IEEE-754 division is correctly rounded (numba's default: no fastmath,
+no reciprocal), and rint rounds half to even like torch.round. The layer norm uses the same integer mean
+and variance, the same int -> float conversion, sqrt and division (single correctly rounded IEEE ops)
+and rint; the linears' results (exact integers in float64) are rounded by the same x·2^-s + 1/2, floor.
+All functions take a lane range [b0, b1) and release the GIL, so lanes can run on several threads: each
+lane's numbers depend on that lane alone, so any split gives the same bits.
+"""
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(cache=False, nogil=True)
+I16_MAX = 32767
+
+
+@nb.njit(**_JIT)
+def layer_norm(x, k, eps, out, r0, r1):
+    """Rows [r0, r1) of x ((N, C) int64, residuals) -> out ((N, C) float64 holding integers): the integer
+    layer norm of `ExactPredictor._layer_norm` (gain and shift folded into the next linear)."""
+    C = x.shape[1]
+    kf = float(k)
+    c = np.empty(C, np.int64)
+    for n in range(r0, r1):
+        s = 0
+        for i in range(C):
+            s += x[n, i]
+        mean = s // C                                  # floor, as torch.div(..., rounding_mode="floor")
+        t = eps
+        for i in range(C):
+            c[i] = x[n, i] - mean
+            t += c[i] * c[i]
+        root = math.sqrt(float(t))
+        for i in range(C):
+            out[n, i] = np.rint(float(c[i]) * kf / root)
+
+
+@nb.njit(**_JIT)
+def _shift_clamp(y, b, scale, clamp):
+    """`_fshift` of (y + b) then the clamp, as float64 (exact: integers below 2^52)."""
+    v = math.floor((y + b) * scale + 0.5) if scale < 1.0 else (y + b) * scale
+    return min(max(v, -clamp), clamp)
+
+
+@nb.njit(**_JIT)
+def split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, r0, r1):
+    """Rows [r0, r1) of the qkv linear's product y ((N, 3C) float64) + bias -> q, k, v ((N, C) int64),
+    rounded, clamped by the linear, then q, k to ±qk_clamp and v to ±v_clamp."""
+    C = q.shape[1]
+    for n in range(r0, r1):
+        for i in range(C):
+            q[n, i] = int(min(max(_shift_clamp(y[n, i], bias[i], scale, clamp), -qk_clamp), qk_clamp))
+            k[n, i] = int(min(max(_shift_clamp(y[n, C + i], bias[C + i], scale, clamp), -qk_clamp), qk_clamp))
+            v[n, i] = int(min(max(_shift_clamp(y[n, 2 * C + i], bias[2 * C + i], scale, clamp), -v_clamp), v_clamp))
+
+
+@nb.njit(**_JIT)
+def residual_add(x, y, bias, scale, clamp, res_clamp, r0, r1):
+    """x[r] = clamp(x[r] + round-shift-clamp(y[r] + bias), ±res_clamp) for rows [r0, r1) (a linear's
+    output added to the residual stream, in place)."""
+    for n in range(r0, r1):
+        for i in range(x.shape[1]):
+            x[n, i] = min(max(x[n, i] + int(_shift_clamp(y[n, i], bias[i], scale, clamp)), -res_clamp), res_clamp)
+
+
+@nb.njit(**_JIT)
+def gelu(y, bias, scale, clamp, table, r, out, r0, r1):
+    """The fc linear's rounding and clamp, then GELU from the table on [-r, r] (0 below, identity
+    above: table[c + r] + max(u - c, 0) with c = clamp(u, ±r)), as float64 for the next matmul."""
+    for n in range(r0, r1):
+        for i in range(y.shape[1]):
+            u = int(_shift_clamp(y[n, i], bias[i], scale, clamp))
+            c = min(max(u, -r), r)
+            out[n, i] = float(table[c + r] + max(u - c, 0))
+
+
+@nb.njit(**_JIT)
+def byte_frequencies(y, bias, scale, clamp, table, total, freq, r0, r1):
+    """Rows [r0, r1) of the head's product y ((N, 256) float64) -> freq ((N, 256) int64): logits rounded
+    and clamped, e = table[min(max - logit, last)], freq = floor(e·total / Σe), the remainder added to
+    the first largest e (torch.argmax's choice)."""
+    m = y.shape[1]
+    last = table.shape[0] - 1
+    lg = np.empty(m, np.int64)
+    e = np.empty(m, np.int64)
+    for n in range(r0, r1):
+        top = -(1 << 62)
+        for i in range(m):
+            lg[i] = int(_shift_clamp(y[n, i], bias[i], scale, clamp))
+            top = max(top, lg[i])
+        s = 0
+        best, arg = -1, 0
+        for i in range(m):
+            e[i] = table[min(top - lg[i], last)]
+            s += e[i]
+            if e[i] > best:
+                best, arg = e[i], i
+        acc = 0
+        for i in range(m):
+            f = (e[i] * total) // s
+            freq[n, i] = f
+            acc += f
+        freq[n, arg] += total - acc
+
+
+@nb.njit(**_JIT)
+def bias_tables(s0, Q, ring_pos, slopes, window, shift, hidden):
+    """ALiBi terms of the queries at slots s0 … s0+Q-1 over the ring's rows (their slots in ring_pos,
+    -1: empty) and over the chunk's own slots: (Q, H, rows) and (Q, H, Q) int64, the bias subtracted
+    from a visible key's score (the rule of `ExactPredictor._bias`), `hidden` where the key is not seen."""
+    H, rows = slopes.shape[0], ring_pos.shape[0]
+    br = np.empty((Q, H, rows), np.int64)
+    bc = np.empty((Q, H, Q), np.int64)
+    half = 1 << (shift - 1)
+    for t in range(Q):
+        qp = s0 + t
+        for j in range(rows + Q):
+            kp = ring_pos[j] if j < rows else s0 + j - rows
+            d = qp - kp
+            sink = kp == 0
+            vis = kp >= 0 and d >= 0 and (d <= window - 2 or sink)
+            dist = min(qp, window - 1) if sink else d
+            for h in range(H):
+                val = (slopes[h] * dist + half) >> shift if vis else hidden
+                if j < rows:
+                    br[t, h, j] = val
+                else:
+                    bc[t, h, j - rows] = val
+    return br, bc
+
+
+@nb.njit(**_JIT)
+def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, num, top):
+    """One lane b: Q queries over its ring (rk, rv: (H, rows, hd), any integer dtype) and the chunk's
+    own keys/values (kc, vc: (N, C) int64, rows b·Q …), each ring key and value read once."""
+    H, rows = rk.shape[0], rk.shape[1]
+    Q = br.shape[0]
+    last = table.shape[0] - 1
+    n0 = b * Q
+    for h in range(H):
+        c0 = h * hd
+        for t in range(Q):
+            top[t] = -(1 << 62)
+        for j in range(rows):                                   # scores over the ring: keys read once
+            for t in range(Q):
+                if br[t, h, j] != hidden:
+                    acc = 0
+                    for d in range(hd):
+                        acc += q[n0 + t, c0 + d] * np.int64(rk[h, j, d])
+                    s = ((acc + 8192) >> 14) - br[t, h, j]
+                    sc[t, j] = s
+                    if s > top[t]:
+                        top[t] = s
+        for u in range(Q):                                      # and over the chunk's own slots
+            for t in range(Q):
+                if bc[t, h, u] != hidden:
+                    acc = 0
+                    for d in range(hd):
+                        acc += q[n0 + t, c0 + d] * kc[n0 + u, c0 + d]
+                    s = ((acc + 8192) >> 14) - bc[t, h, u]
+                    sc[t, rows + u] = s
+                    if s > top[t]:
+                        top[t] = s
+        for t in range(Q):
+            for d in range(hd):
+                num[t, d] = 0
+            num[t, hd] = 0                                      # Σ e
+        for j in range(rows):                                   # Σ e·v: values read once
+            for t in range(Q):
+                if br[t, h, j] != hidden:
+                    e = table[min(top[t] - sc[t, j], last)]
+                    if e != 0:
+                        num[t, hd] += e
+                        for d in range(hd):
+                            num[t, d] += e * np.int64(rv[h, j, d])
+        for u in range(Q):
+            for t in range(Q):
+                if bc[t, h, u] != hidden:
+                    e = table[min(top[t] - sc[t, rows + u], last)]
+                    if e != 0:
+                        num[t, hd] += e
+                        for d in range(hd):
+                            num[t, d] += e * vc[n0 + u, c0 + d]
+        for t in range(Q):
+            den = float(num[t, hd])
+            for d in range(hd):
+                out[n0 + t, c0 + d] = np.rint(float(num[t, d]) / den)
+
+
+@nb.njit(**_JIT)
+def attention(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, hidden, table, hd, out, b0, b1):
+    """Lanes [b0, b1): out ((N, C) float64, N = lanes · Q) = the attention outputs at ACT_BITS of the
+    queries q ((N, C) int64) over each lane's ring (ring_k/v: (lanes, H, rows, hd) int16, or wide_k/v
+    where wide[b]) and the chunk's keys kc / values vc ((N, C) int64). br, bc: from `bias_tables`."""
+    Q, rows = br.shape[0], ring_k.shape[2]
+    sc = np.empty((Q, rows + Q), np.int64)
+    num = np.empty((Q, hd + 1), np.int64)
+    top = np.empty(Q, np.int64)
+    for b in range(b0, b1):
+        if wide[b]:
+            _lane_attention(q, kc, vc, wide_k[b], wide_v[b], b, br, bc, hidden, table, hd, out, sc, num, top)
+        else:
+            _lane_attention(q, kc, vc, ring_k[b], ring_v[b], b, br, bc, hidden, table, hd, out, sc, num, top)
+
+
+@nb.njit(**_JIT)
+def store(kc, vc, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1):
+    """Write the chunk's slots src (indices into its Q slots) into ring rows `rows` of lanes [b0, b1)
+    (wide[b] = 1: into wide_k/v). A lane not yet wide (wide[b] = 0) with a key or value that int16 does
+    not hold is left unwritten and marked wide[b] = 2; returns how many such lanes there are (the
+    caller widens them and stores again)."""
+    H = ring_k.shape[1]
+    Q = kc.shape[0] // ring_k.shape[0]
+    bad = 0
+    for b in range(b0, b1):
+        if wide[b] == 0:
+            fits = True
+            for i in range(src.shape[0]):
+                n = b * Q + src[i]
+                for c in range(H * hd):
+                    if abs(kc[n, c]) > I16_MAX or abs(vc[n, c]) > I16_MAX:
+                        fits = False
+            if not fits:
+                wide[b] = 2
+                bad += 1
+                continue
+        for i in range(src.shape[0]):
+            n = b * Q + src[i]
+            for h in range(H):
+                for d in range(hd):
+                    if wide[b] == 0:
+                        ring_k[b, h, rows[i], d] = kc[n, h * hd + d]
+                        ring_v[b, h, rows[i], d] = vc[n, h * hd + d]
+                    else:
+                        wide_k[b, h, rows[i], d] = kc[n, h * hd + d]
+                        wide_v[b, h, rows[i], d] = vc[n, h * hd + d]
+    return bad
+
+
+@nb.njit(**_JIT)
+def post_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, ring_k, ring_v, wide_k, wide_v, wide, br, bc,
+             hidden, table, hd, out, rows, src, b0, b1):
+    """Lanes [b0, b1) of one layer after the qkv matmul: `split_qkv`, `attention` (into out), `store`
+    (returns the number of lanes that must be widened)."""
+    Q = br.shape[0]
+    split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, b0 * Q, b1 * Q)
+    attention(q, k, v, ring_k, ring_v, wide_k, wide_v, wide, br, bc, hidden, table, hd, out, b0, b1)
+    return store(k, v, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1)
+
+
+@nb.njit(**_JIT)
+def post_residual(x, y, bias, scale, clamp, res_clamp, k, eps, ln_out, Q, b0, b1):
+    """Lanes [b0, b1): `residual_add` of a linear's product, then the next `layer_norm` into ln_out."""
+    residual_add(x, y, bias, scale, clamp, res_clamp, b0 * Q, b1 * Q)
+    layer_norm(x, k, eps, ln_out, b0 * Q, b1 * Q)
+
+
+@nb.njit(**_JIT)
+def post_fc(y, bias, scale, clamp, table, r, out, Q, b0, b1):
+    """Lanes [b0, b1): `gelu` of the fc matmul's product into out."""
+    gelu(y, bias, scale, clamp, table, r, out, b0 * Q, b1 * Q)
+
+
+@nb.njit(**_JIT)
+def post_head(y, bias, scale, clamp, table, total, freq, Q, b0, b1):
+    """Lanes [b0, b1): `byte_frequencies` of the head's product."""
+    byte_frequencies(y, bias, scale, clamp, table, total, freq, b0 * Q, b1 * Q)
+
+
+@nb.njit(**_JIT)
+def pre_layer(x, k, eps, ln_out, Q, b0, b1):
+    """Lanes [b0, b1): the first `layer_norm`."""
+    layer_norm(x, k, eps, ln_out, b0 * Q, b1 * Q)
