@@ -46,7 +46,7 @@ def test_file_round_trip_and_table(tiny_model, tmp_path, out):
     blob = open(result.path, "rb").read()
     assert container.read_header(blob).method_name in result.status
     table = result.table
-    assert list(table["method"]) == ["neural", "lzma", "bz2", "zlib", "stored"]
+    assert list(table["method"]) == ["neural+cm", "cm", "neural", "lzma", "bz2", "zlib", "stored"]
     assert list(table["chosen"]).count("✓") == 1
     chosen = table[table["chosen"] == "✓"].iloc[0]
     assert chosen["file bytes"] == len(blob) == table["file bytes"].min()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bitlm.compress import container as nc
+from bitlm.compress.header import pack_header
 from bitlm.bits.codec import CodecError
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
@@ -45,24 +46,26 @@ def test_round_trip_and_never_worse_than_the_classics(fitted, name):
     assert len(result.blob) <= nc.MAX_HEADER_BYTES + best_classic(data), result.sizes
     assert nc.read_header(result.blob).method_name == result.method
     assert nc.read_header(result.blob).size <= nc.MAX_HEADER_BYTES
-    neural = nc.compress_file(data, fitted, methods=("neural",))           # the neural path on every input
-    assert nc.decompress_file(neural.blob, fitted) == data
-    assert nc.read_header(neural.blob).size <= nc.MAX_HEADER_BYTES
+    for method in ("neural", "cm", "neural+cm"):                          # each new path on every input
+        forced = nc.compress_file(data, fitted, methods=(method,))
+        assert nc.decompress_file(forced.blob, fitted) == data, method
+        assert nc.read_header(forced.blob).size <= nc.MAX_HEADER_BYTES
 
 
 def test_neural_wins_on_held_out_text(fitted):
     """The fitted model (seconds of training) beats every classic method on 400 bytes of text it has
     never seen (held-out Shakespeare), and its payload is within 1 % (+ the coder's last words) of its
     cross-entropy."""
-    result = nc.compress_file(INPUTS["shakespeare"][:400], fitted)
+    result = nc.compress_file(INPUTS["shakespeare"][:400], fitted, methods=nc.METHODS[:5])
     assert result.method == "neural", result.sizes
     assert 8 * (len(result.blob) - nc.MAX_HEADER_BYTES) <= 1.01 * result.neural_ideal_bits + 64
 
 
-def test_header_stays_within_12_bytes_at_the_largest_length():
-    assert len(nc._pack_header(nc.NEURAL, nc.MAX_LENGTH, 0, b"ab")) == nc.MAX_HEADER_BYTES
-    h = nc.read_header(nc._pack_header(nc.NEURAL, nc.MAX_LENGTH, 7, b"ab"))
-    assert (h.method_name, h.length, h.fingerprint, h.crc, h.size) == ("neural", nc.MAX_LENGTH, b"ab", 7, 12)
+def test_header_stays_within_14_bytes_at_the_largest_length():
+    for method in (nc.NEURAL, nc.NEURAL_CM):
+        assert len(pack_header(method, nc.MAX_LENGTH, 0, b"ab")) == nc.MAX_HEADER_BYTES == 14
+        h = nc.read_header(pack_header(method, nc.MAX_LENGTH, 7, b"ab"))
+        assert (h.method, h.length, h.fingerprint, h.crc, h.size, h.version) == (method, nc.MAX_LENGTH, b"ab", 7, 14, 2)
 
 
 def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
@@ -150,10 +153,12 @@ def test_damage_never_gives_garbage(fitted, method):
     (b"", "too short"),
     (b"PK\x03\x04 a zip file", "not a BitLM compressed file"),
     (zlib.compress(b"hello"), "not a BitLM compressed file"),
-    (bytes([nc.MAGIC, 0x21, 5]) + b"\0" * 9, "unsupported BitLM container version 2"),
+    (bytes([nc.MAGIC, 0x31, 5]) + b"\0" * 9, "unsupported BitLM container version 3"),
     (bytes([nc.MAGIC, 0x1F, 5]) + b"\0" * 9, "unknown compression method 15"),
     (bytes([nc.MAGIC, 0x10, 0x80, 0x80, 0x80, 0x80, 0x01]) + b"\0" * 4, "longer than 4 bytes"),
-    (bytes([nc.MAGIC, 0x10, 0x85]), "inside its length field"),
+    (bytes([nc.MAGIC, 0x10, 0x85]), "ends inside its header"),
+    (bytes([nc.MAGIC, 0x25, 0x85]), "ends inside its header"),
+    (bytes([nc.MAGIC, 0x25, 5]) + b"\0" * 6, "damaged \\(header check failed\\)"),
 ])
 def test_foreign_input(fitted, blob, reason):
     with pytest.raises(CodecError, match=reason):
@@ -163,15 +168,15 @@ def test_foreign_input(fitted, blob, reason):
 def test_length_cap_is_checked_before_any_work(fitted):
     """A header claiming the maximum length is refused by max_bytes before a byte is allocated or
     decoded; within the cap, a stored payload shorter than claimed is refused too."""
-    huge = nc._pack_header(nc.STORED, nc.MAX_LENGTH, 0) + b"abc"
+    huge = pack_header(nc.STORED, nc.MAX_LENGTH, 0) + b"abc"
     with pytest.raises(CodecError, match="over the limit"):
         nc.decompress_file(huge, fitted)
     with pytest.raises(CodecError, match="over the limit"):
-        nc.decompress_file(nc._pack_header(nc.NEURAL, 10 ** 6, 0, b"xy"), fitted, max_bytes=1000)
+        nc.decompress_file(pack_header(nc.NEURAL, 10 ** 6, 0, b"xy"), fitted, max_bytes=1000)
     with pytest.raises(CodecError, match="gives 3 bytes, the header says 1000"):
-        nc.decompress_file(nc._pack_header(nc.STORED, 1000, 0) + b"abc", fitted)
+        nc.decompress_file(pack_header(nc.STORED, 1000, 0) + b"abc", fitted)
     bomb = nc.compress_file(b"\0" * 100_000, None, methods=("zlib",)).blob
-    forged = bytes([nc.MAGIC, 0x10 | nc.ZLIB]) + nc._varint(10) + bomb[nc.read_header(bomb).size - 4:]
+    forged = pack_header(nc.ZLIB, 10, nc.read_header(bomb).crc) + bomb[nc.read_header(bomb).size:]
     with pytest.raises(CodecError, match=r"gives 11\+ bytes, the header says 10"):
         nc.decompress_file(forged, fitted)
 
@@ -197,5 +202,5 @@ def test_progress_reaches_the_end(fitted):
 
 def test_lanes():
     assert [nc.neural_lanes(n) for n in (0, 1, 511, 512, 767, 64 * 256, 10 ** 6)] == [1, 1, 1, 2, 2, 64, 64]
-    L, lens = nc._lane_layout(1000, 3)
+    L, lens = nc.lane_layout(1000, 3)
     assert L == 334 and lens.tolist() == [334, 334, 332]

@@ -33,6 +33,7 @@ NEURAL_MAX_CHARS = 5_000
 # sequential (a few hundred bytes/s on the app's CPU; the CLI has no such cap). Above it: lzma, bz2, zlib, stored.
 FILE_MAX_BYTES = 1 << 20
 NEURAL_FILE_MAX_BYTES = 8 << 10
+MODEL_METHOD_NAMES = ("neural", "neural+cm")
 BLM_SUFFIX = ".blm"
 CODEC_MODES = ("text", "bits")
 class CodecResult(NamedTuple):
@@ -185,8 +186,8 @@ def read_file(upload: Any, what: str, max_bytes: int, hint: str) -> tuple[bytes,
 def compress_upload(app_model: AppModel, upload: Any, text: Any, out_dir: str | Path,
                     progress: Callable[[float, str], Any] | None = None) -> FileCodecResult:
     """Compress an uploaded file (≤ FILE_MAX_BYTES) or, without one, the text (≤ CODEC_MAX_CHARS, as UTF-8)
-    into a `.blm` file (`container.compress_file`: the smallest of neural, lzma, bz2, zlib and stored;
-    neural only up to NEURAL_FILE_MAX_BYTES), written in `out_dir` (the visitor's own folder).
+    into a `.blm` file (`container.compress_file`: the smallest of neural+cm, cm, neural, lzma, bz2, zlib
+    and stored; the model methods only up to NEURAL_FILE_MAX_BYTES), written in `out_dir` (the visitor's own folder).
 
     Returns: a `FileCodecResult` with the written path, the methods table and a status; failures come back
     as a status message."""
@@ -198,20 +199,20 @@ def compress_upload(app_model: AppModel, upload: Any, text: Any, out_dir: str | 
                                                                  "the text above")
     n = len(data)
     neural = n <= NEURAL_FILE_MAX_BYTES
-    methods = container.METHODS if neural else tuple(m for m in container.METHODS if m != "neural")
+    methods = container.METHODS if neural else tuple(m for m in container.METHODS if m not in MODEL_METHOD_NAMES)
     t0 = time.perf_counter()
     result = container.compress_file(data, app_model.model, methods=methods,
                                      on_progress=_progress(progress, "compressing with the model"))
     seconds = time.perf_counter() - t0
     out = Path(out_dir) / (_safe_name(name, "file") + BLM_SUFFIX)
     out.write_bytes(result.blob)
-    order = ("neural", "lzma", "bz2", "zlib", "stored")
+    order = ("neural+cm", "cm", "neural", "lzma", "bz2", "zlib", "stored")
     sizes = {m: result.sizes[m] for m in order if m in result.sizes}
     status = ok(f"“{name}”: {n:,} bytes → {len(result.blob):,} bytes with **{result.method}** "
                 f"({result.bits_per_byte:.3f} bits/byte, header included) in {seconds:.1f} s. Download "
                 f"“{out.name}” below; decompress it here"
-                + (" with this same model." if result.method == "neural" else " (no model needed: it is "
-                                                                             f"{result.method})."))
+                + (" with this same model." if result.method in MODEL_METHOD_NAMES else " (no model needed: it is "
+                                                                                          f"{result.method})."))
     if not neural:
         status += (f"\n\nThe model was not tried: {n:,} bytes is over {NEURAL_FILE_MAX_BYTES:,}, where the app "
                    f"would take minutes to decode it (`python -m bitlm.cli.compress compress` has no such cap).")
@@ -239,7 +240,7 @@ def decompress_upload(app_model: AppModel, upload: Any, out_dir: str | Path,
         if header.length > FILE_MAX_BYTES:
             raise InputError(f"“{name}” holds {header.length:,} bytes; the app decompresses at most {FILE_MAX_BYTES:,}",
                              f"decompress it with python -m bitlm.cli.compress decompress {name}")
-        if header.method_name == "neural" and header.length > NEURAL_FILE_MAX_BYTES:
+        if header.method_name in MODEL_METHOD_NAMES and header.length > NEURAL_FILE_MAX_BYTES:
             raise InputError(f"“{name}” holds {header.length:,} bytes coded by the model; the app decodes at most "
                              f"{NEURAL_FILE_MAX_BYTES:,} (a few hundred bytes a second)",
                              f"decompress it with python -m bitlm.cli.compress decompress {name}")
@@ -247,7 +248,7 @@ def decompress_upload(app_model: AppModel, upload: Any, out_dir: str | Path,
         data = container.decompress_file(blob, app_model.model, max_bytes=FILE_MAX_BYTES,
                                          on_progress=_progress(progress, "decompressing with the model"))
     except (CodecError, UnsupportedModelError) as e:
-        if "model" in str(e):
+        if "loaded model" in str(e) or "load that model" in str(e):
             raise InputError(f"Cannot decompress “{name}”: {e}",
                              "to switch model here: the Train tab's “Use trained model” or “Back to the shipped "
                              "model”") from e

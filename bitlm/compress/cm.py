@@ -1,0 +1,439 @@
+"""Online context mixing, exact by construction: the `cm` and `neural+cm` methods of the container.
+
+Every byte is coded as 8 binary decisions (MSB first) by a binary arithmetic coder whose probability
+comes from models that learn from the file while it is coded, in the manner of lpaq1 and paq8px:
+
+- seven context models (orders 0, 1, 2, 3, 4 and 6 of the preceding bytes, and the current word's
+  letters): each context hashes to a 16-slot bucket per nibble, a slot holds an adaptive counter
+  (a 22-bit probability and a 10-bit count, p += (y - p) / (n + 1.5), n capped);
+- a match model: the longest earlier occurrence (≥ MINLEN bytes, found by a hash of the last MINLEN
+  bytes) predicts the bit that followed it, through a counter indexed by the match length and that bit;
+- for `neural+cm`, the model's exact probability of the bit given the bits of the byte so far: a ratio
+  of integer sums of the exact predictor's 256 byte frequencies (`bitlm.compress.exact`);
+- two logistic mixers (stretch → weighted sum → squash; one weight set per partial byte, one per match
+  length × model confidence × bit position) whose weights follow the coding error, averaged, then two
+  APM/SSE stages (by partial byte, and by partial byte × previous byte) blended with the mixer output.
+
+Why it is exact: every quantity is an integer (int64 arithmetic on values whose bounds are stated
+beside them, no overflow; tables stored as uint32/int32 and widened on read); stretch and squash are
+lpaq1's integer tables (squash interpolates 33 integers, stretch is its integer inverse); the neural
+probability is one integer division of exact sums. There is no float anywhere the coder depends on,
+so a stream decodes to the same bytes on any machine, thread count, compiler or device, compiled by
+numba or run as plain Python (`NUMBA_DISABLE_JIT=1`), which the tests compare byte for byte.
+
+Lanes: `neural+cm` codes the bytes in the order the neural decoder produces them (step j of every
+lane, lane 0 first). The tables, mixers and APMs are shared by all lanes; each lane keeps its own
+byte history (the contexts), and the match model may point into any lane at a byte already coded.
+
+Memory: the context tables hold 7 × 2^table_bits uint32 (`table_bits(n)`: 16 for tiny inputs up to
+TABLE_BITS_MAX = 21, i.e. 56 MiB, from 128 KiB on), the match table 2^(table_bits - 1) int32, the
+mixers and APMs 9 MiB; all fixed by the stated length (capped), never by the payload. Time is linear
+in the length: ~a few µs a byte (see `bench/files.py`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from bitlm.compress.header import DAMAGED, NeuralCodecError
+
+try:
+    import numba
+    _jit = numba.njit(cache=True, nogil=True)
+except ImportError:                                    # the plain-Python path (slow, same bytes)
+    def _jit(f):
+        return f
+
+NCTX = 11                      # context models: orders 0-6 and 8, the word, two words, the column
+N_IN = NCTX + 3                # mixer inputs: the contexts, the match model, the neural model, a bias
+I_MATCH, I_NEURAL, I_BIAS = NCTX, NCTX + 1, NCTX + 2
+MINLEN = 6                     # bytes a match must share before it predicts
+MAXLEN = 65535
+TABLE_BITS_MIN, TABLE_BITS_MAX = 16, 21
+APM2_BITS = 16                 # APM 2 contexts: partial byte × previous byte
+SETS2 = 4 * 4 * 8              # mixer 2 weight sets: match bucket × neural confidence × bit position
+SETS3 = (NCTX + 1) * 8         # mixer 3 weight sets: contexts seen before × bit position
+_STEP = 1 << 16                # bytes a call of the compiled coder codes alone (progress, buffer growth)
+Progress = Callable[[int, int], None]
+LANE_FIELDS = 8                # per lane: c4 (last 4 bytes), c8 (the 4 before), word hash, match ptr, match len,
+#                                previous word hash, start of this line, start of the line before
+
+# Tunables that define the stream (changing one changes every file: bump the container's format).
+PARAMS = np.array([
+    48,        # 0: mixer learning rate: Δw = stretch · (y - p) · rate >> 16 (lpaq1 uses 7; 48 measured best)
+    30,        # 1: counter count limit (contexts): adapts at 1/31.5 at least, for files that change
+    255,       # 2: counter count limit (match model)
+    8192,      # 3: initial weight of a context input (16.16 fixed point: 1/8)
+    65536,     # 4: initial weight of the neural input (1.0: trust the model at the start)
+    6,         # 5: APM rate (shift)
+    0,         # 6: reserved
+    0,         # 7: reserved
+], dtype=np.int64)
+
+_SQUASH33 = np.array([1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047, 2549, 2994,
+                      3348, 3607, 3785, 3901, 3975, 4024, 4050, 4068, 4079, 4085, 4089, 4092, 4093, 4094],
+                     dtype=np.int64)
+
+
+@_jit
+def _squash(d):
+    """4096 / (1 + e^-(d/256)) in integers (lpaq1): d in stretch units, result 1…4095."""
+    if d > 2047:
+        return 4095
+    if d < -2047:
+        return 1
+    w = d & 127
+    i = (d >> 7) + 16
+    return (_SQUASH33[i] * (128 - w) + _SQUASH33[i + 1] * w + 64) >> 7
+
+
+def _stretch_table() -> np.ndarray:
+    """stretch(p) = ln(p / (1 - p)) · 256 for 12-bit p: the integer inverse of `_squash` (lpaq1)."""
+    t = np.zeros(4096, dtype=np.int64)
+    pi = 0
+    for x in range(-2047, 2048):
+        v = int(_squash(x))
+        t[pi:v + 1] = x
+        pi = v + 1
+    t[pi:] = 2047
+    return t
+
+
+STRETCH = _stretch_table()
+DT = np.array([131072 // (2 * n + 3) for n in range(1024)], dtype=np.int64)   # 65536 / (n + 1.5)
+
+
+def table_bits(n: int) -> int:
+    """log2 of each context table's slots for an n-byte input (fixed by n, so by the header)."""
+    return int(min(TABLE_BITS_MAX, max(TABLE_BITS_MIN, int(n).bit_length() + 4)))
+
+
+@_jit
+def _hash(a, b):
+    """A 32-bit hash of two values below 2^32 (int64 arithmetic: every product < 2^62)."""
+    h = (a * 0x1F0F3A4B + b * 0x0E5D3B21 + 0x12345677) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
+    h ^= h >> 13
+    return h
+
+
+class CMState:
+    """The coder's whole state for one stream of `lanes` lanes of up to L bytes (lengths `lens`).
+    Both the encoder and the decoder build it the same way from the header's length."""
+
+    def __init__(self, n: int, lanes: int, L: int, lens: np.ndarray, params: np.ndarray = PARAMS) -> None:
+        tb = table_bits(n)
+        self.lanes, self.L = lanes, L
+        self.lens = np.asarray(lens, dtype=np.int64)
+        self.hist = np.zeros(lanes * L, dtype=np.uint8)                 # (lanes · L,) the bytes, lane-major
+        self.tables = np.full((NCTX, 1 << tb), 1 << 31, dtype=np.uint32)  # p = 1/2, n = 0
+        self.match_table = np.zeros(1 << (tb - 1), dtype=np.int32)        # flat index + 1 of a byte that followed
+        self.match_sm = np.full(2 * 64, 1 << 31, dtype=np.uint32)
+        self.lane = np.zeros((lanes, LANE_FIELDS), dtype=np.int64)
+        self.params = np.asarray(params, dtype=np.int64)
+        w1 = np.zeros((256, N_IN), dtype=np.int32)
+        w1[:, :NCTX] = params[3]
+        w1[:, I_MATCH] = params[3]
+        w1[:, I_NEURAL] = params[4]
+        self.w1 = w1
+        self.w2 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS2, N_IN)))
+        self.w3 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS3, N_IN)))
+        ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
+        self.apm1 = np.tile(ramp, 256)
+        self.apm2 = np.tile(ramp, 1 << APM2_BITS)
+        self.coder = np.array([0, 0xFFFFFFFF, 0, 0], dtype=np.int64)     # x1, x2, x (decoder), byte position
+
+
+NO_MODEL = np.zeros((1, 0, 257), dtype=np.int64)   # `cum` for the online models alone
+
+
+class Encoder:
+    """Codes the bytes of `lanes` lanes (flat, lane-major: lane i at [i·L, i·L + lens[i])) step by step.
+    `code(j0, j1, cum)` codes steps j0…j1-1 of every lane; `finish()` returns the payload."""
+
+    def __init__(self, flat: np.ndarray, lanes: int, L: int, lens: np.ndarray) -> None:
+        self.n = int(np.sum(lens))
+        self.state = CMState(self.n, lanes, L, lens)
+        self.state.hist[:] = flat
+        self.buf = np.zeros(1024, dtype=np.uint8)
+
+    def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
+        """cum: (lanes, j1 - j0, 257) cumulative neural frequencies (`neural_cumulative`), or NO_MODEL."""
+        st = self.state
+        room = int(st.coder[3]) + 13 * st.lanes * (j1 - j0) + 16     # ≤ 12 bits a bit (p is within 1…4095)
+        if room > len(self.buf):
+            self.buf = np.concatenate([self.buf, np.zeros(max(room, 2 * len(self.buf)) - len(self.buf), np.uint8)])
+        _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, False, self.buf, st.coder,
+              st.tables, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.apm1, st.apm2, st.params,
+              STRETCH, DT)
+
+    def finish(self) -> bytes:
+        """The payload: what was coded, then x1's top byte (followed by the decoder's 0xFF padding it
+        lies in the final interval, so one byte ends the stream)."""
+        pos = int(self.state.coder[3])
+        self.buf[pos] = int(self.state.coder[0]) >> 24
+        return self.buf[:pos + 1].tobytes()
+
+
+class Decoder:
+    """The inverse of `Encoder`: `code(j0, j1, cum)` decodes steps j0…j1-1 into `state.hist`; the
+    payload is read as if padded with 0xFF, so damage yields other bytes here, never an error or a
+    longer loop; `finish(name)` then insists that exactly the payload was consumed."""
+
+    def __init__(self, payload: bytes, lanes: int, L: int, lens: np.ndarray) -> None:
+        self.n = int(np.sum(lens))
+        self.state = CMState(self.n, lanes, L, lens)
+        self.payload = np.frombuffer(payload, dtype=np.uint8).copy()   # writable: one compiled kernel codes both ways
+        x = 0
+        for i in range(4):
+            x = (x << 8) | (int(self.payload[i]) if i < len(self.payload) else 255)
+        self.state.coder[2], self.state.coder[3] = x, 4
+
+    def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
+        st = self.state
+        _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, True, self.payload, st.coder,
+              st.tables, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.apm1, st.apm2, st.params,
+              STRETCH, DT)
+
+    def finish(self, name: str) -> bytes:
+        """The decoded bytes (lane-major). Raises NeuralCodecError when the decoder did not read exactly
+        the payload (it reads 3 bytes past the encoder's last write)."""
+        used = int(self.state.coder[3]) - 3
+        if used != len(self.payload):
+            what = "is truncated" if used > len(self.payload) else f"has {len(self.payload) - used} bytes too many"
+            raise NeuralCodecError(f"{DAMAGED}: the {name} payload {what}")
+        return self.state.hist.tobytes()
+
+
+def cm_encode(data: bytes, on_progress: Progress | None = None) -> bytes:
+    """The `cm` method: the online models alone, one lane. on_progress(bytes done, bytes in all)."""
+    n = len(data)
+    enc = Encoder(np.frombuffer(data, dtype=np.uint8), 1, n, np.array([n]))
+    for s in range(0, n, _STEP):
+        enc.code(s, min(s + _STEP, n))
+        if on_progress is not None:
+            on_progress(min(s + _STEP, n), n)
+    return enc.finish()
+
+
+def cm_decode(payload: bytes, n: int, on_progress: Progress | None = None) -> bytes:
+    """Inverse of `cm_encode` for an n-byte original. Raises NeuralCodecError (see `Decoder.finish`)."""
+    dec = Decoder(payload, 1, n, np.array([n]))
+    for s in range(0, n, _STEP):
+        dec.code(s, min(s + _STEP, n))
+        if on_progress is not None:
+            on_progress(min(s + _STEP, n), n)
+    return dec.finish("cm")
+
+
+def neural_cumulative(freq: np.ndarray) -> np.ndarray:
+    """(…, 256) integer byte frequencies -> (…, 257) int64 cumulative sums of freq + 1 (what the coder
+    of the neural method gives each byte), starting at 0."""
+    f = np.asarray(freq, dtype=np.int64) + 1
+    out = np.zeros(f.shape[:-1] + (257,), dtype=np.int64)
+    np.cumsum(f, axis=-1, out=out[..., 1:])
+    return out
+
+
+@_jit
+def _apm(t, ctx, s):
+    """APM/SSE: (index of the lower bucket, weight of the upper, refined 12-bit p) for stretch s."""
+    u = s + 2048                              # 1…4095
+    lo = u >> 7                               # 0…31
+    w = u & 127
+    i = ctx * 33 + lo
+    p = (np.int64(t[i]) * (128 - w) + np.int64(t[i + 1]) * w) >> 11
+    return i, w, p
+
+
+@_jit
+def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, match_table, match_sm,
+          lane_state, w1, w2, w3, apm1, apm2, params, stretch, dt):
+    tmask = tables.shape[1] - 1
+    mmask = match_table.shape[0] - 1
+    lr, limit, mlimit, apm_rate = params[0], params[1], params[2], params[5]
+    x1, x2, x, pos = coder[0], coder[1], coder[2], coder[3]
+    nbuf = buf.shape[0]
+    h = np.zeros(NCTX, dtype=np.int64)
+    base = np.zeros(NCTX, dtype=np.int64)
+    slot = np.zeros(NCTX, dtype=np.int64)
+    xs = np.zeros(N_IN, dtype=np.int64)
+    for j in range(j0, j1):
+        for lane in range(lanes):
+            if j >= lens[lane]:
+                continue
+            here = lane * L + j
+            c4, c8, word = lane_state[lane, 0], lane_state[lane, 1], lane_state[lane, 2]
+            mptr, mlen = lane_state[lane, 3], lane_state[lane, 4]
+            word1, line0, line1 = lane_state[lane, 5], lane_state[lane, 6], lane_state[lane, 7]
+            col = j - line0
+            above = np.int64(hist[lane * L + line1 + col]) if line1 + col < line0 else np.int64(0)
+            h[0] = 0
+            h[1] = _hash(c4 & 0xFF, 1)
+            h[2] = _hash(c4 & 0xFFFF, 2)
+            h[3] = _hash(c4 & 0xFFFFFF, 3)
+            h[4] = _hash(c4, 4)
+            h[5] = _hash(c4, _hash(c8 & 0xFF, 5))
+            h[6] = _hash(c4, _hash(c8 & 0xFFFF, 6))
+            h[7] = _hash(c4, _hash(c8, 8))
+            h[8] = _hash(word, _hash(c4 & 0xFF, 9))
+            h[9] = _hash(word, _hash(word1, 10))
+            h[10] = _hash(above | (min(col, 255) << 8), _hash(c4 & 0xFF, 11))
+            byte = np.int64(hist[here]) if not decode else np.int64(0)
+            c0 = np.int64(1)
+            node = np.int64(1)
+            for bit in range(8):
+                if bit == 0 or bit == 4:
+                    for i in range(NCTX):
+                        base[i] = (_hash(h[i], c0 + (i << 9)) << 4) & tmask
+                    node = 1
+                # ---- inputs, all in stretch units (±2047)
+                seen = 0
+                for i in range(NCTX):
+                    slot[i] = base[i] + node
+                    e = np.int64(tables[i, slot[i]])
+                    xs[i] = stretch[e >> 20]
+                    if e & 1023:
+                        seen += 1
+                mctx = -1
+                if mlen > 0:
+                    expected = np.int64(hist[mptr])
+                    if ((expected | 256) >> (8 - bit)) == c0:
+                        ebit = (expected >> (7 - bit)) & 1
+                        mctx = (min(mlen, 31) << 1) | ebit
+                        xs[I_MATCH] = stretch[np.int64(match_sm[mctx]) >> 20]
+                    else:
+                        mlen = 0
+                if mctx < 0:
+                    xs[I_MATCH] = 0
+                conf = 0
+                if has_neural:
+                    lo = (c0 << (8 - bit)) - 256
+                    half = 1 << (7 - bit)
+                    c_lo = cum[lane, j - j0, lo]
+                    c_mid = cum[lane, j - j0, lo + half]
+                    c_hi = cum[lane, j - j0, lo + 2 * half]
+                    pn = ((c_hi - c_mid) * 4096 + ((c_hi - c_lo) >> 1)) // (c_hi - c_lo)
+                    pn = min(max(pn, 1), 4095)
+                    xs[I_NEURAL] = stretch[pn]
+                    a = abs(xs[I_NEURAL])
+                    conf = 1 if a < 256 else (2 if a < 1024 else 3)
+                else:
+                    xs[I_NEURAL] = 0
+                xs[I_BIAS] = 256
+                # ---- two mixers, averaged
+                s1 = c0
+                mb = 0 if mctx < 0 else (1 if mlen < 16 else (2 if mlen < 32 else 3))
+                s2 = ((mb * 4 + conf) << 3) | bit
+                s3 = (seen << 3) | bit
+                d1 = np.int64(0)
+                d2 = np.int64(0)
+                d3 = np.int64(0)
+                for i in range(N_IN):
+                    d1 += xs[i] * np.int64(w1[s1, i])
+                    d2 += xs[i] * np.int64(w2[s2, i])
+                    d3 += xs[i] * np.int64(w3[s3, i])
+                d1 = min(max(d1 >> 16, -2047), 2047)
+                d2 = min(max(d2 >> 16, -2047), 2047)
+                d3 = min(max(d3 >> 16, -2047), 2047)
+                p1 = _squash(d1)
+                p2 = _squash(d2)
+                p3 = _squash(d3)
+                sm = (d1 + d2 + d3) // 3
+                pm = _squash(sm)
+                # ---- two APM stages
+                a1i, a1w, pa1 = _apm(apm1, c0, sm)
+                ctx2 = (c0 | ((c4 & 0xFF) << 8)) & ((1 << APM2_BITS) - 1)
+                a2i, a2w, pa2 = _apm(apm2, ctx2, sm)
+                p = (2 * pm + pa1 + pa2 + 2) >> 2
+                p = min(max(p, 1), 4095)
+                # ---- the binary arithmetic coder (lpaq1), P(bit = 1) = p / 4096
+                xmid = x1 + ((x2 - x1) >> 12) * p
+                if decode:
+                    y = 1 if x <= xmid else 0
+                else:
+                    y = (byte >> (7 - bit)) & 1
+                if y:
+                    x2 = xmid
+                else:
+                    x1 = xmid + 1
+                while ((x1 ^ x2) & 0xFF000000) == 0:
+                    if decode:
+                        nxt = np.int64(buf[pos]) if pos < nbuf else np.int64(255)
+                        x = ((x << 8) & 0xFFFFFFFF) | nxt
+                    else:
+                        buf[pos] = x2 >> 24
+                    pos += 1
+                    x1 = (x1 << 8) & 0xFFFFFFFF
+                    x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
+                # ---- learn
+                e1 = ((y << 12) - p1) * lr
+                e2 = ((y << 12) - p2) * lr
+                e3 = ((y << 12) - p3) * lr
+                for i in range(N_IN):
+                    w3[s3, i] = np.int32(min(max(np.int64(w3[s3, i]) + ((xs[i] * e3) >> 16), -(1 << 22)), 1 << 22))
+                    w1[s1, i] = np.int32(min(max(np.int64(w1[s1, i]) + ((xs[i] * e1) >> 16), -(1 << 22)), 1 << 22))
+                    w2[s2, i] = np.int32(min(max(np.int64(w2[s2, i]) + ((xs[i] * e2) >> 16), -(1 << 22)), 1 << 22))
+                target = y << 22
+                for i in range(NCTX):
+                    e = np.int64(tables[i, slot[i]])
+                    n = e & 1023
+                    q = e >> 10
+                    q += ((target - q) * dt[n]) >> 16
+                    tables[i, slot[i]] = (q << 10) | min(n + 1, limit)
+                if mctx >= 0:
+                    e = np.int64(match_sm[mctx])
+                    n = e & 1023
+                    q = e >> 10
+                    q += ((target - q) * dt[n]) >> 16
+                    match_sm[mctx] = (q << 10) | min(n + 1, mlimit)
+                g = (y << 16) + (y << apm_rate) - y - y
+                k = a1i + (a1w >> 6)
+                apm1[k] = np.int32(np.int64(apm1[k]) + ((g - np.int64(apm1[k])) >> apm_rate))
+                k = a2i + (a2w >> 6)
+                apm2[k] = np.int32(np.int64(apm2[k]) + ((g - np.int64(apm2[k])) >> apm_rate))
+                c0 = (c0 << 1) | y
+                node = (node << 1) | y
+            byte = c0 & 0xFF
+            hist[here] = byte
+            # ---- the lane's contexts move on by one byte
+            c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
+            c4 = ((c4 << 8) | byte) & 0xFFFFFFFF
+            if (byte >= 65 and byte <= 90) or (byte >= 97 and byte <= 122) or byte >= 128:
+                word = _hash(word, byte | 32)
+            elif word != 0:
+                word1 = word
+                word = 0
+            if byte == 10:
+                line1 = line0
+                line0 = j + 1
+            # ---- the match model: follow the match, or look one up (bytes known: step < j, or step j
+            # of an earlier lane)
+            if mlen > 0:
+                mptr += 1
+                mj = mptr % L
+                if mlen < MAXLEN:
+                    mlen += 1
+                if mj == 0 or mj >= lens[mptr // L] or not (mj <= j + 1 and (mj <= j or mptr // L < lane)):
+                    mlen = 0
+            if j + 1 >= MINLEN:
+                mh = _hash(c4, c8 & 0xFFFF) & mmask
+                if mlen == 0:
+                    cand = np.int64(match_table[mh]) - 1
+                    if cand >= 0:
+                        cl = cand // L
+                        cj = cand % L
+                        if cj < lens[cl] and (cj <= j or (cj == j + 1 and cl < lane)):
+                            k = 0
+                            while k < 32 and cj - 1 - k >= 0 and j - k >= 0 \
+                                    and hist[cl * L + cj - 1 - k] == hist[here - k]:
+                                k += 1
+                            if k >= MINLEN:
+                                mptr, mlen = cand, k
+                match_table[mh] = here + 2
+            lane_state[lane, 0], lane_state[lane, 1], lane_state[lane, 2] = c4, c8, word
+            lane_state[lane, 3], lane_state[lane, 4] = mptr, mlen
+            lane_state[lane, 5], lane_state[lane, 6], lane_state[lane, 7] = word1, line0, line1
+    coder[0], coder[1], coder[2], coder[3] = x1, x2, x, pos
