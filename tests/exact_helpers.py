@@ -71,8 +71,9 @@ def input_set() -> dict[str, bytes]:
 
 
 def _worker(argv: list[str]) -> None:
-    """encode MODEL DIR: write DIR/<i>.blm (neural only) for each input; decode MODEL DIR: decode each
-    DIR/<i>.blm and check it against the input. --threads and --chunk set this process's layout."""
+    """encode MODEL DIR: write DIR/<i>-<method>.blm for each input and each of --methods (default:
+    neural, cm, neural+cm); decode MODEL DIR: decode each and check it against the input. --threads and
+    --chunk set this process's layout."""
     from bitlm.compress import container as nc
     p = argparse.ArgumentParser()
     p.add_argument("action", choices=["encode", "decode"])
@@ -80,15 +81,17 @@ def _worker(argv: list[str]) -> None:
     p.add_argument("dir")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--chunk", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=["neural", "cm", "neural+cm"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = BitTransformerLM.from_pretrained(args.model)
     for i, (name, data) in enumerate(input_set().items()):
-        path = Path(args.dir) / f"{i}.blm"
-        if args.action == "encode":
-            path.write_bytes(nc.compress_file(data, model, methods=("neural",), chunk=args.chunk).blob)
-        elif nc.decompress_file(path.read_bytes(), model) != data:
-            sys.exit(f"{name}: decoded bytes differ")
+        for method in args.methods:
+            path = Path(args.dir) / f"{i}-{method}.blm"
+            if args.action == "encode":
+                path.write_bytes(nc.compress_file(data, model, methods=(method,), chunk=args.chunk).blob)
+            elif nc.decompress_file(path.read_bytes(), model) != data:
+                sys.exit(f"{name}: decoded bytes differ ({method})")
     print(f"{args.action} ok with {torch.get_num_threads()} thread(s)")
 
 

@@ -1,5 +1,5 @@
 """The compressor's command line (`python -m bitlm.cli.compress`): round trips of a binary file and of
-stdin/stdout, and for a wrong model, a truncated file, a flipped byte or an existing output: one line on
+stdin/stdout, gzip's flags (-d, -c, -k, -f, -q, -, several files), and for a wrong model, a truncated file, a flipped byte or an existing output: one line on
 stderr, exit status 1 and no output file (partial or not)."""
 import os
 import random
@@ -92,7 +92,7 @@ def test_existing_output_needs_force(models, tmp_path, capsys):
     src = _write(tmp_path / "e.txt", b"hello hello hello")
     _write(tmp_path / "e.txt.blm", b"precious")
     assert main(["compress", str(src), "--classic"]) == 1
-    one_line_error(capsys, "exists; pass --force")
+    one_line_error(capsys, "exists; pass -f")
     assert (tmp_path / "e.txt.blm").read_bytes() == b"precious"
     assert main(["compress", str(src), "--classic", "--force"]) == 0
     assert nc.decompress_file((tmp_path / "e.txt.blm").read_bytes(), None) == b"hello hello hello"
@@ -114,10 +114,63 @@ def test_other_failures_are_one_line(models, tmp_path, capsys):
     assert main(["compress", str(src), "--classic", "-o", str(tmp_path / "h"), "--threads", "0"]) == 1
     one_line_error(capsys, "--threads must be ≥ 1")
     with pytest.raises(SystemExit) as e:
-        main(["squeeze", str(src)])
+        main(["--squeeze", str(src)])
     assert e.value.code == 2
+    capsys.readouterr()
+    assert main([str(tmp_path / "nothing-here")]) == 1
+    one_line_error(capsys, "cannot read")
 
 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_gzip_flags(tmp_path, capsys):
+    """No flag: FILE -> FILE.blm and the input goes; -d: back, the .blm goes; -k keeps; -c writes to
+    stdout and keeps; -f overwrites; -q says nothing; an existing output without -f is refused, with the
+    input untouched."""
+    text = b"To be, or not to be, that is the question.\n" * 30
+    src = _write(tmp_path / "a.txt", text)
+    assert main([str(src), "--method", "nomodel"]) == 0
+    assert not src.exists() and (tmp_path / "a.txt.blm").exists()
+    assert "a.txt: 1,290 ->" in capsys.readouterr().err
+    assert main(["-d", "-q", str(tmp_path / "a.txt.blm")]) == 0
+    assert src.read_bytes() == text and not (tmp_path / "a.txt.blm").exists()
+    assert capsys.readouterr().err == ""
+    assert main(["-k", "-q", str(src), "--method", "cm"]) == 0
+    assert src.exists() and nc.read_header((tmp_path / "a.txt.blm").read_bytes()).method_name == "cm"
+    assert main(["-q", str(src), "--method", "zlib"]) == 1                   # a.txt.blm exists
+    one_line_error(capsys, "a.txt.blm exists; pass -f")
+    assert src.exists() and nc.read_header((tmp_path / "a.txt.blm").read_bytes()).method_name == "cm"
+    assert main(["-f", "-k", "-q", str(src), "--method", "zlib"]) == 0
+    assert nc.read_header((tmp_path / "a.txt.blm").read_bytes()).method_name == "zlib"
+    assert main(["-d", str(tmp_path / "a.txt.blm")]) == 1                    # a.txt exists
+    one_line_error(capsys, "a.txt exists; pass -f")
+    capsys.readouterr()
+    assert main(["-dc", str(tmp_path / "a.txt.blm")]) == 0
+    assert capsys.readouterr().out.encode() == text and (tmp_path / "a.txt.blm").exists()
+    assert main([str(tmp_path / "a.txt.blm")]) == 1
+    one_line_error(capsys, "already ends in .blm")
+    assert main(["-d", str(src)]) == 1
+    one_line_error(capsys, "does not end in .blm")
+
+
+def test_several_files_and_one_failure(tmp_path, capsys):
+    """Each input is done; a failing one is reported on its own line and the exit status is 1."""
+    a, b = _write(tmp_path / "a", b"alpha " * 20), _write(tmp_path / "b", b"beta " * 20)
+    assert main(["-k", "-q", "--method", "nomodel", str(a), str(tmp_path / "missing"), str(b)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "missing: cannot read" in err[0]
+    assert nc.decompress_file((tmp_path / "a.blm").read_bytes(), None) == b"alpha " * 20
+    assert nc.decompress_file((tmp_path / "b.blm").read_bytes(), None) == b"beta " * 20
+
+
+def test_stdin_to_stdout_with_flags():
+    """No file: stdin to stdout, both ways, with a method that needs no model (no model is loaded)."""
+    packed = cli("-q", "--method", "cm", "--model", "/nonexistent", stdin=DATA)
+    assert packed.returncode == 0 and packed.stderr == b"" and nc.read_header(packed.stdout).method_name == "cm"
+    back = cli("-d", "-", stdin=packed.stdout)
+    assert back.returncode == 0 and back.stdout == DATA
+    bad = cli("-d", stdin=packed.stdout[:-3])
+    assert bad.returncode == 1 and bad.stdout == b"" and bad.stderr.count(b"\n") == 1 and b"damaged" in bad.stderr

@@ -69,8 +69,9 @@ def test_header_stays_within_14_bytes_at_the_largest_length():
 
 
 def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
-    """Two processes: one writes every input with 2 threads and chunks of 5 slots, the other with 1
-    thread and the default chunks; the streams are byte-identical and each decodes the other's."""
+    """Two processes: one writes every input (neural, cm, neural+cm) with 2 threads and chunks of 5 slots,
+    the other with 1 thread and the default chunks; the streams are byte-identical and each decodes the
+    other's."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
 
@@ -82,7 +83,8 @@ def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
     worker("encode", str(saved), str(a), "--threads", "2", "--chunk", "5")
     worker("encode", str(saved), str(b), "--threads", "1")
     for i in range(len(INPUTS)):
-        assert (a / f"{i}.blm").read_bytes() == (b / f"{i}.blm").read_bytes(), list(INPUTS)[i]
+        for method in ("neural", "cm", "neural+cm"):
+            assert (a / f"{i}-{method}.blm").read_bytes() == (b / f"{i}-{method}.blm").read_bytes(), (list(INPUTS)[i], method)
     worker("decode", str(saved), str(a), "--threads", "1")
     worker("decode", str(saved), str(b), "--threads", "2")
 

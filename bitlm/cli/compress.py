@@ -1,14 +1,19 @@
-"""The command line of the BitLM compressor (`python -m bitlm.cli.compress`): compress or decompress a
-file, or stdin/stdout with `-`, with the shipped model or `--model DIR`.
+"""The command line of the BitLM compressor (`python -m bitlm.cli.compress`, installed as `bitlm-compress`),
+with gzip's conventions:
 
-    python -m bitlm.cli.compress compress notes.txt                  # -> notes.txt.blm
-    python -m bitlm.cli.compress decompress notes.txt.blm -o copy.txt
-    cat data.bin | python -m bitlm.cli.compress compress - > data.blm
+    python -m bitlm.cli.compress notes.txt            # -> notes.txt.blm, notes.txt removed (-k keeps it)
+    python -m bitlm.cli.compress -d notes.txt.blm     # -> notes.txt
+    python -m bitlm.cli.compress -c data.bin > data.blm
+    cat data.bin | python -m bitlm.cli.compress | python -m bitlm.cli.compress -d > copy.bin
 
-Output goes to a temporary file beside the target, renamed into place only once complete, so a failure
-leaves no partial file; an existing output is kept unless `--force`. A tqdm bar on stderr follows the
-neural coder for inputs of 64 KiB and more. Every failure is one line on stderr and exit status 1
-(2 for bad usage). The model is loaded only when needed: compressing, or decompressing a neural file.
+`-d` decompress, `-c` write to stdout (keeps the input), `-k` keep the input, `-f` overwrite an existing
+output, `-q` quiet, `-` or no file for stdin/stdout; `--method` chooses a method (default auto: the
+smallest of all, the model's only when the model loads; `nomodel`: cm and the classics). The older form
+`compress FILE` / `decompress FILE` (which keeps its input) still works. Output goes to a temporary
+file beside the target, renamed into place only once complete, so a failure leaves no partial file and
+the input is removed only after. A tqdm bar on stderr follows coding of inputs of 64 KiB and more.
+Every failure is one line on stderr and exit status 1 (2 for bad usage); with several files, each
+failure is reported and the rest are still done. The model is loaded only when needed.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ PROG = "python -m bitlm.cli.compress"   # also installed as `bitlm-compress`
 SUFFIX = ".blm"
 DEFAULT_MODEL = assets_dir()
 PROGRESS_FROM = 64 << 10          # bytes: smaller inputs get no progress bar
+NO_MODEL = tuple(m for m in nc.METHODS if m not in ("neural", "neural+cm"))
+METHOD_CHOICES = ("auto", "nomodel") + nc.METHODS
 
 
 class CliError(Exception):
@@ -37,26 +44,39 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, what in (("compress", "compress a file (neural, lzma, bz2, zlib or stored: the smallest)"),
-                       ("decompress", "decompress a file written by compress")):
-        s = sub.add_parser(name, help=what, description=what)
-        s.add_argument("input", help="input file, or - for stdin")
-        s.add_argument("-o", "--output", help=f"output file, or - for stdout (default: the input name "
-                                              f"{'+' if name == 'compress' else 'without'} {SUFFIX}; stdout for stdin)")
-        s.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (config.json + model.safetensors; "
-                                                                   "default: the shipped model in assets/)")
-        s.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the output does not depend on it)")
-        s.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N "
-                                                       "(the output does not depend on it)")
-        s.add_argument("--force", action="store_true", help="overwrite an existing output file")
-        if name == "compress":
-            s.add_argument("--classic", action="store_true", help="classic methods only (no model needed)")
-        else:
-            s.add_argument("--max-bytes", type=int, default=None,
-                           help="refuse files that say they hold more bytes than this (default: 64 MiB)")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("files", nargs="*", metavar="FILE", help="files to (de)compress; - or none: stdin to stdout")
+    p.add_argument("-d", "--decompress", action="store_true", help="decompress")
+    p.add_argument("-c", "--stdout", action="store_true", help="write to stdout, keep the input files")
+    p.add_argument("-k", "--keep", action="store_true", help="keep the input files")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary lines, no progress bar")
+    p.add_argument("-o", "--output", help="output file, or - for stdout (one input only)")
+    p.add_argument("--method", default="auto", choices=METHOD_CHOICES,
+                   help="auto (default): the smallest of all methods; nomodel: cm and the classics; or one method")
+    p.add_argument("--classic", action="store_true", help=argparse.SUPPRESS)      # the older spelling of nomodel
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (config.json + model.safetensors; "
+                                                               "default: the shipped model)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; the output does not depend on it)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N "
+                                                   "(the output does not depend on it)")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="decompressing: refuse files that say they hold more bytes than this (default: 64 MiB)")
     return p
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """gzip-style arguments; the older `compress|decompress FILE` form keeps its input."""
+    legacy = argv[:1] in (["compress"], ["decompress"])
+    args = _parser().parse_args((["-d"] if argv[:1] == ["decompress"] else []) + argv[1:] if legacy else argv)
+    args.keep = args.keep or legacy or args.stdout
+    if args.classic:
+        args.method = "nomodel"
+    if not args.files:
+        args.files = ["-"]
+    if args.output and len(args.files) > 1:
+        raise CliError("-o names one output; give one input file")
+    return args
 
 
 def _load_model(path: str):
@@ -67,16 +87,18 @@ def _load_model(path: str):
         raise CliError(f"cannot load the model from {path}: {e}") from None
 
 
-def _output_path(args: argparse.Namespace) -> str:
+def _output_path(args: argparse.Namespace, name: str) -> str:
     if args.output:
         return args.output
-    if args.input == "-":
+    if name == "-" or args.stdout:
         return "-"
-    if args.command == "compress":
-        return args.input + SUFFIX
-    if not args.input.endswith(SUFFIX):
-        raise CliError(f"{args.input} does not end in {SUFFIX}; name the output with -o")
-    return args.input[:-len(SUFFIX)]
+    if not args.decompress:
+        if name.endswith(SUFFIX):
+            raise CliError(f"{name} already ends in {SUFFIX}; rename it, or name the output with -o")
+        return name + SUFFIX
+    if not name.endswith(SUFFIX):
+        raise CliError(f"{name} does not end in {SUFFIX}; name the output with -o, or use -c")
+    return name[:-len(SUFFIX)]
 
 
 def _progress(total: int, desc: str) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
@@ -112,9 +134,63 @@ def _write(out: str, data: bytes, force: bool) -> None:
         raise
 
 
+def _methods(args: argparse.Namespace) -> tuple[str, ...]:
+    return {"auto": nc.METHODS, "nomodel": NO_MODEL}.get(args.method, (args.method,))
+
+
+def _one(args: argparse.Namespace, name: str, models: dict) -> None:
+    """(De)compress one input as args say; raises CliError / CodecError / OSError with the reason."""
+    out = _output_path(args, name)
+    if out != "-" and Path(out).exists() and not args.force:      # before any work
+        raise CliError(f"{out} exists; pass -f to overwrite it")
+    if out == "-" and not args.decompress and sys.stdout.isatty() and not args.force:
+        raise CliError("compressed data not written to a terminal; redirect it, or pass -f")
+    try:
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {name}: {e.strerror or e}") from None
+
+    def model():
+        if "m" not in models:
+            models["m"] = _load_model(args.model)
+        return models["m"]
+
+    if not args.decompress:
+        methods = _methods(args)
+        needs_model = any(m in methods for m in ("neural", "neural+cm"))
+        update, close = _progress(0 if args.quiet else len(data), "compressing")
+        try:
+            result = nc.compress_file(data, model() if needs_model else None, methods=methods,
+                                      on_progress=update, device=args.device)
+        finally:
+            close()
+        _write(out, result.blob, args.force)
+        if not args.quiet:
+            print(f"{name}: {len(data):,} -> {len(result.blob):,} bytes ({result.method}"
+                  f"{f', {result.bits_per_byte:.3f} bits/byte' if data else ''})", file=sys.stderr)
+    else:
+        header = nc.read_header(data)
+        with_model = header.method in (nc.NEURAL, nc.NEURAL_CM)
+        update, close = _progress(0 if args.quiet or header.method in (nc.STORED, nc.ZLIB, nc.BZ2, nc.LZMA)
+                                  else header.length, "decompressing")
+        try:
+            original = nc.decompress_file(data, model() if with_model else None,
+                                          max_bytes=args.max_bytes or nc.DEFAULT_MAX_BYTES,
+                                          on_progress=update, device=args.device)
+        except CodecError as e:
+            if with_model and "loaded model" in str(e):
+                raise CliError(f"{e} (loaded from {args.model})") from None
+            raise
+        finally:
+            close()
+        _write(out, original, args.force)
+    if name != "-" and not args.keep:
+        Path(name).unlink()
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (raises SystemExit(2) for bad usage)."""
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else list(argv))
     if args.threads < 1:
         raise CliError(f"--threads must be ≥ 1, got {args.threads}")
     torch.set_num_threads(args.threads)
@@ -124,39 +200,20 @@ def run(argv: list[str] | None = None) -> int:
         raise CliError(f"--device {args.device!r} is not a device (cpu, cuda or cuda:N)") from None
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         raise CliError(f"--device {args.device}: {'no CUDA device here' if device.type == 'cuda' else 'use cpu or cuda'}")
-    out = _output_path(args)
-    if out != "-" and Path(out).exists() and not args.force:      # before any work
-        raise CliError(f"{out} exists; pass --force to overwrite it")
-    try:
-        data = sys.stdin.buffer.read() if args.input == "-" else Path(args.input).read_bytes()
-    except OSError as e:
-        raise CliError(f"cannot read {args.input}: {e.strerror or e}") from None
-    if args.command == "compress":
-        model = None if args.classic else _load_model(args.model)
-        update, close = _progress(len(data), "compressing")
+    status, models = 0, {}
+    for name in args.files:
         try:
-            result = nc.compress_file(data, model, methods=nc.METHODS[:4] if args.classic else nc.METHODS,
-                                      on_progress=update, device=args.device)
-        finally:
-            close()
-        _write(out, result.blob, args.force)
-        print(f"{len(data):,} -> {len(result.blob):,} bytes ({result.method}"
-              f"{f', {result.bits_per_byte:.3f} bits/byte' if data else ''})", file=sys.stderr)
-        return 0
-    header = nc.read_header(data)
-    model = _load_model(args.model) if header.method == nc.NEURAL else None
-    update, close = _progress(header.length if header.method == nc.NEURAL else 0, "decompressing")
-    try:
-        original = nc.decompress_file(data, model, max_bytes=args.max_bytes or nc.DEFAULT_MAX_BYTES,
-                                      on_progress=update, device=args.device)
-    except CodecError as e:
-        if header.method == nc.NEURAL and "loaded model" in str(e):
-            raise CliError(f"{e} (loaded from {args.model})") from None
-        raise
-    finally:
-        close()
-    _write(out, original, args.force)
-    return 0
+            _one(args, name, models)
+        except (CliError, CodecError, ExactnessError, OSError) as e:
+            if len(args.files) == 1:
+                raise
+            _error(f"{name}: {e}")
+            status = 1
+    return status
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except (CliError, CodecError, ExactnessError, OSError) as e:
-        msg = " ".join(str(e).split())
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        _error(str(e))
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

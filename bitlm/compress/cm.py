@@ -25,9 +25,10 @@ Lanes: `neural+cm` codes the bytes in the order the neural decoder produces them
 lane, lane 0 first). The tables, mixers and APMs are shared by all lanes; each lane keeps its own
 byte history (the contexts), and the match model may point into any lane at a byte already coded.
 
-Memory: the context tables hold 7 × 2^table_bits uint32 (`table_bits(n)`: 16 for tiny inputs up to
-TABLE_BITS_MAX = 21, i.e. 56 MiB, from 128 KiB on), the match table 2^(table_bits - 1) int32, the
-mixers and APMs 9 MiB; all fixed by the stated length (capped), never by the payload. Time is linear
+Memory: the context models share one table of 2^(table_bits + 4) uint32 (`table_bits(n)`: from 16
+for inputs under 4 KiB up to TABLE_BITS_MAX = 20 from 64 KiB on: 4 MiB to 64 MiB), the match table
+2^(table_bits - 1) int32 (≤ 2 MiB), the mixers and APMs 9 MiB, the bytes themselves: all fixed by the
+stated length (capped), never by the payload (`CMState.nbytes` adds them up; a test checks the cap). Time is linear
 in the length: ~a few µs a byte (see `bench/files.py`).
 """
 from __future__ import annotations
@@ -50,14 +51,16 @@ N_IN = NCTX + 3                # mixer inputs: the contexts, the match model, th
 I_MATCH, I_NEURAL, I_BIAS = NCTX, NCTX + 1, NCTX + 2
 MINLEN = 6                     # bytes a match must share before it predicts
 MAXLEN = 65535
-TABLE_BITS_MIN, TABLE_BITS_MAX = 16, 21
+TABLE_BITS_MIN, TABLE_BITS_MAX = 16, 20
+SHARED_BITS = 4                # the context models share one table of 2^(table_bits + 4) slots
 APM2_BITS = 16                 # APM 2 contexts: partial byte × previous byte
 SETS2 = 4 * 4 * 8              # mixer 2 weight sets: match bucket × neural confidence × bit position
 SETS3 = (NCTX + 1) * 8         # mixer 3 weight sets: contexts seen before × bit position
 _STEP = 1 << 16                # bytes a call of the compiled coder codes alone (progress, buffer growth)
 Progress = Callable[[int, int], None]
-LANE_FIELDS = 8                # per lane: c4 (last 4 bytes), c8 (the 4 before), word hash, match ptr, match len,
-#                                previous word hash, start of this line, start of the line before
+LANE_FIELDS = 9                # per lane: c4 (last 4 bytes), c8 (the 4 before), word hash, match ptr, match len,
+#                                previous word hash, start of this line, start of the line before, the
+#                                model's recent error (a moving average of |y - p|, 12 bits)
 
 # Tunables that define the stream (changing one changes every file: bump the container's format).
 PARAMS = np.array([
@@ -65,7 +68,7 @@ PARAMS = np.array([
     30,        # 1: counter count limit (contexts): adapts at 1/31.5 at least, for files that change
     255,       # 2: counter count limit (match model)
     8192,      # 3: initial weight of a context input (16.16 fixed point: 1/8)
-    65536,     # 4: initial weight of the neural input (1.0: trust the model at the start)
+    16384,     # 4: initial weight of the neural input (1/4: measured better than 1 on code, prose and Folio)
     6,         # 5: APM rate (shift)
     0,         # 6: reserved
     0,         # 7: reserved
@@ -128,12 +131,12 @@ class CMState:
         self.lanes, self.L = lanes, L
         self.lens = np.asarray(lens, dtype=np.int64)
         self.hist = np.zeros(lanes * L, dtype=np.uint8)                 # (lanes · L,) the bytes, lane-major
-        self.tables = np.full((NCTX, 1 << tb), 1 << 31, dtype=np.uint32)  # p = 1/2, n = 0
+        self.tables = np.full((1, 1 << (tb + SHARED_BITS)), 1 << 31, dtype=np.uint32)  # p = 1/2, n = 0; shared
         self.match_table = np.zeros(1 << (tb - 1), dtype=np.int32)        # flat index + 1 of a byte that followed
         self.match_sm = np.full(2 * 64, 1 << 31, dtype=np.uint32)
         self.lane = np.zeros((lanes, LANE_FIELDS), dtype=np.int64)
         self.params = np.asarray(params, dtype=np.int64)
-        w1 = np.zeros((256, N_IN), dtype=np.int32)
+        w1 = np.zeros((4 * 256, N_IN), dtype=np.int32)          # by the model's recent error × partial byte
         w1[:, :NCTX] = params[3]
         w1[:, I_MATCH] = params[3]
         w1[:, I_NEURAL] = params[4]
@@ -144,6 +147,11 @@ class CMState:
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
         self.coder = np.array([0, 0xFFFFFFFF, 0, 0], dtype=np.int64)     # x1, x2, x (decoder), byte position
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the state's arrays (the coder's memory besides its payload buffer)."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
 
 NO_MODEL = np.zeros((1, 0, 257), dtype=np.int64)   # `cum` for the online models alone
@@ -268,6 +276,7 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
             c4, c8, word = lane_state[lane, 0], lane_state[lane, 1], lane_state[lane, 2]
             mptr, mlen = lane_state[lane, 3], lane_state[lane, 4]
             word1, line0, line1 = lane_state[lane, 5], lane_state[lane, 6], lane_state[lane, 7]
+            nerr = lane_state[lane, 8]
             col = j - line0
             above = np.int64(hist[lane * L + line1 + col]) if line1 + col < line0 else np.int64(0)
             h[0] = 0
@@ -293,7 +302,7 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 seen = 0
                 for i in range(NCTX):
                     slot[i] = base[i] + node
-                    e = np.int64(tables[i, slot[i]])
+                    e = np.int64(tables[0, slot[i]])
                     xs[i] = stretch[e >> 20]
                     if e & 1023:
                         seen += 1
@@ -309,6 +318,7 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 if mctx < 0:
                     xs[I_MATCH] = 0
                 conf = 0
+                pn = 2048
                 if has_neural:
                     lo = (c0 << (8 - bit)) - 256
                     half = 1 << (7 - bit)
@@ -324,7 +334,7 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                     xs[I_NEURAL] = 0
                 xs[I_BIAS] = 256
                 # ---- two mixers, averaged
-                s1 = c0
+                s1 = c0 | (0 if not has_neural else min(nerr >> 9, 3) << 8)
                 mb = 0 if mctx < 0 else (1 if mlen < 16 else (2 if mlen < 32 else 3))
                 s2 = ((mb * 4 + conf) << 3) | bit
                 s3 = (seen << 3) | bit
@@ -378,11 +388,11 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                     w2[s2, i] = np.int32(min(max(np.int64(w2[s2, i]) + ((xs[i] * e2) >> 16), -(1 << 22)), 1 << 22))
                 target = y << 22
                 for i in range(NCTX):
-                    e = np.int64(tables[i, slot[i]])
+                    e = np.int64(tables[0, slot[i]])
                     n = e & 1023
                     q = e >> 10
                     q += ((target - q) * dt[n]) >> 16
-                    tables[i, slot[i]] = (q << 10) | min(n + 1, limit)
+                    tables[0, slot[i]] = (q << 10) | min(n + 1, limit)
                 if mctx >= 0:
                     e = np.int64(match_sm[mctx])
                     n = e & 1023
@@ -394,6 +404,8 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 apm1[k] = np.int32(np.int64(apm1[k]) + ((g - np.int64(apm1[k])) >> apm_rate))
                 k = a2i + (a2w >> 6)
                 apm2[k] = np.int32(np.int64(apm2[k]) + ((g - np.int64(apm2[k])) >> apm_rate))
+                if has_neural:
+                    nerr += (abs((y << 12) - pn) - nerr) >> 5
                 c0 = (c0 << 1) | y
                 node = (node << 1) | y
             byte = c0 & 0xFF
@@ -436,4 +448,5 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
             lane_state[lane, 0], lane_state[lane, 1], lane_state[lane, 2] = c4, c8, word
             lane_state[lane, 3], lane_state[lane, 4] = mptr, mlen
             lane_state[lane, 5], lane_state[lane, 6], lane_state[lane, 7] = word1, line0, line1
+            lane_state[lane, 8] = nerr
     coder[0], coder[1], coder[2], coder[3] = x1, x2, x, pos
