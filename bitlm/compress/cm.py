@@ -46,9 +46,10 @@ except ImportError:                                    # the plain-Python path (
     def _jit(f):
         return f
 
-NCTX = 11                      # context models: orders 0-6 and 8, the word, two words, the column
-N_IN = NCTX + 3                # mixer inputs: the contexts, the match model, the neural model, a bias
-I_MATCH, I_NEURAL, I_BIAS = NCTX, NCTX + 1, NCTX + 2
+NCTX = 13                      # context models: orders 0-6 and 8, the word, two words, the column, 2 sparse
+N_IN = 2 * NCTX + 3            # mixer inputs: per context its counter and its history's map; the match model,
+I_MATCH, I_NEURAL, I_BIAS = 2 * NCTX, 2 * NCTX + 1, 2 * NCTX + 2      # the neural model, a bias
+HIST_BITS = 10                 # a slot's recent bits in its context: a 1, then up to 9 bits (oldest first)
 MINLEN = 6                     # bytes a match must share before it predicts
 MAXLEN = 65535
 TABLE_BITS_MIN, TABLE_BITS_MAX = 16, 20
@@ -64,14 +65,14 @@ LANE_FIELDS = 9                # per lane: c4 (last 4 bytes), c8 (the 4 before),
 
 # Tunables that define the stream (changing one changes every file: bump the container's format).
 PARAMS = np.array([
-    48,        # 0: mixer learning rate: Δw = stretch · (y - p) · rate >> 16 (lpaq1 uses 7; 48 measured best)
+    32,        # 0: mixer learning rate: Δw = stretch · (y - p) · rate >> 16 (lpaq1 uses 7; 32 measured best)
     30,        # 1: counter count limit (contexts): adapts at 1/31.5 at least, for files that change
     255,       # 2: counter count limit (match model)
     8192,      # 3: initial weight of a context input (16.16 fixed point: 1/8)
     16384,     # 4: initial weight of the neural input (1/4: measured better than 1 on code, prose and Folio)
-    6,         # 5: APM rate (shift)
-    0,         # 6: reserved
-    0,         # 7: reserved
+    5,         # 5: APM rate (shift; 6 and 7 measured worse)
+    1023,      # 6: counter count limit (history maps)
+    8,         # 7: final mixer's learning rate (measured: 2 and 24 worse)
 ], dtype=np.int64)
 
 _SQUASH33 = np.array([1, 2, 3, 6, 10, 16, 27, 45, 73, 120, 194, 310, 488, 747, 1101, 1546, 2047, 2549, 2994,
@@ -109,7 +110,7 @@ DT = np.array([131072 // (2 * n + 3) for n in range(1024)], dtype=np.int64)   # 
 
 def table_bits(n: int) -> int:
     """log2 of each context table's slots for an n-byte input (fixed by n, so by the header)."""
-    return int(min(TABLE_BITS_MAX, max(TABLE_BITS_MIN, int(n).bit_length() + 4)))
+    return int(min(TABLE_BITS_MAX, max(TABLE_BITS_MIN, int(n).bit_length() + 5)))
 
 
 @_jit
@@ -131,7 +132,9 @@ class CMState:
         self.lanes, self.L = lanes, L
         self.lens = np.asarray(lens, dtype=np.int64)
         self.hist = np.zeros(lanes * L, dtype=np.uint8)                 # (lanes · L,) the bytes, lane-major
-        self.tables = np.full((1, 1 << (tb + SHARED_BITS)), 1 << 31, dtype=np.uint32)  # p = 1/2, n = 0; shared
+        # a slot: p (16 bits) | n (6 bits) | history (10 bits); starts at p = 1/2, n = 0, no history
+        self.tables = np.full((1, 1 << (tb + SHARED_BITS)), (1 << 31) | 1, dtype=np.uint32)
+        self.history_maps = np.full(NCTX << HIST_BITS, 1 << 31, dtype=np.uint32)     # history -> p22 | n10
         self.match_table = np.zeros(1 << (tb - 1), dtype=np.int32)        # flat index + 1 of a byte that followed
         self.match_sm = np.full(2 * 64, 1 << 31, dtype=np.uint32)
         self.lane = np.zeros((lanes, LANE_FIELDS), dtype=np.int64)
@@ -143,6 +146,7 @@ class CMState:
         self.w1 = w1
         self.w2 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS2, N_IN)))
         self.w3 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS3, N_IN)))
+        self.wf = np.full((8, 3), 65536 // 3, dtype=np.int32)      # the final mixer of the three, by bit position
         ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
@@ -174,7 +178,7 @@ class Encoder:
         if room > len(self.buf):
             self.buf = np.concatenate([self.buf, np.zeros(max(room, 2 * len(self.buf)) - len(self.buf), np.uint8)])
         _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, False, self.buf, st.coder,
-              st.tables, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.apm1, st.apm2, st.params,
+              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.wf, st.apm1, st.apm2, st.params,
               STRETCH, DT)
 
     def finish(self) -> bytes:
@@ -202,7 +206,7 @@ class Decoder:
     def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
         st = self.state
         _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, True, self.payload, st.coder,
-              st.tables, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.apm1, st.apm2, st.params,
+              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.wf, st.apm1, st.apm2, st.params,
               STRETCH, DT)
 
     def finish(self, name: str) -> bytes:
@@ -257,16 +261,17 @@ def _apm(t, ctx, s):
 
 
 @_jit
-def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, match_table, match_sm,
-          lane_state, w1, w2, w3, apm1, apm2, params, stretch, dt):
+def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, history_maps, match_table, match_sm,
+          lane_state, w1, w2, w3, wf, apm1, apm2, params, stretch, dt):
     tmask = tables.shape[1] - 1
     mmask = match_table.shape[0] - 1
-    lr, limit, mlimit, apm_rate = params[0], params[1], params[2], params[5]
+    lr, limit, mlimit, apm_rate, hlimit = params[0], params[1], params[2], params[5], params[6]
     x1, x2, x, pos = coder[0], coder[1], coder[2], coder[3]
     nbuf = buf.shape[0]
     h = np.zeros(NCTX, dtype=np.int64)
     base = np.zeros(NCTX, dtype=np.int64)
     slot = np.zeros(NCTX, dtype=np.int64)
+    hslot = np.zeros(NCTX, dtype=np.int64)
     xs = np.zeros(N_IN, dtype=np.int64)
     for j in range(j0, j1):
         for lane in range(lanes):
@@ -290,6 +295,8 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
             h[8] = _hash(word, _hash(c4 & 0xFF, 9))
             h[9] = _hash(word, _hash(word1, 10))
             h[10] = _hash(above | (min(col, 255) << 8), _hash(c4 & 0xFF, 11))
+            h[11] = _hash(c4 & 0xFFFF00, 12)                 # bytes 2-3 back, skipping the last
+            h[12] = _hash(c4 & 0xFF00FF00, 13)               # bytes 2 and 4 back
             byte = np.int64(hist[here]) if not decode else np.int64(0)
             c0 = np.int64(1)
             node = np.int64(1)
@@ -304,7 +311,9 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                     slot[i] = base[i] + node
                     e = np.int64(tables[0, slot[i]])
                     xs[i] = stretch[e >> 20]
-                    if e & 1023:
+                    hslot[i] = (i << HIST_BITS) | (e & 1023)
+                    xs[NCTX + i] = stretch[np.int64(history_maps[hslot[i]]) >> 20]
+                    if (e >> 10) & 63:
                         seen += 1
                 mctx = -1
                 if mlen > 0:
@@ -351,13 +360,15 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 p1 = _squash(d1)
                 p2 = _squash(d2)
                 p3 = _squash(d3)
-                sm = (d1 + d2 + d3) // 3
+                sf = bit
+                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2])) >> 16
+                sm = min(max(sm, -2047), 2047)
                 pm = _squash(sm)
                 # ---- two APM stages
                 a1i, a1w, pa1 = _apm(apm1, c0, sm)
                 ctx2 = (c0 | ((c4 & 0xFF) << 8)) & ((1 << APM2_BITS) - 1)
                 a2i, a2w, pa2 = _apm(apm2, ctx2, sm)
-                p = (2 * pm + pa1 + pa2 + 2) >> 2
+                p = (pm + pa1 + 2 * pa2 + 2) >> 2
                 p = min(max(p, 1), 4095)
                 # ---- the binary arithmetic coder (lpaq1), P(bit = 1) = p / 4096
                 xmid = x1 + ((x2 - x1) >> 12) * p
@@ -382,6 +393,10 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 e1 = ((y << 12) - p1) * lr
                 e2 = ((y << 12) - p2) * lr
                 e3 = ((y << 12) - p3) * lr
+                ef = ((y << 12) - pm) * params[7]
+                wf[sf, 0] = np.int32(min(max(np.int64(wf[sf, 0]) + ((d1 * ef) >> 16), -(1 << 22)), 1 << 22))
+                wf[sf, 1] = np.int32(min(max(np.int64(wf[sf, 1]) + ((d2 * ef) >> 16), -(1 << 22)), 1 << 22))
+                wf[sf, 2] = np.int32(min(max(np.int64(wf[sf, 2]) + ((d3 * ef) >> 16), -(1 << 22)), 1 << 22))
                 for i in range(N_IN):
                     w3[s3, i] = np.int32(min(max(np.int64(w3[s3, i]) + ((xs[i] * e3) >> 16), -(1 << 22)), 1 << 22))
                     w1[s1, i] = np.int32(min(max(np.int64(w1[s1, i]) + ((xs[i] * e1) >> 16), -(1 << 22)), 1 << 22))
@@ -389,10 +404,18 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 target = y << 22
                 for i in range(NCTX):
                     e = np.int64(tables[0, slot[i]])
+                    n = (e >> 10) & 63
+                    q = e >> 16
+                    q += (((y << 16) - q) * dt[n]) >> 16
+                    hh = ((e & 1023) << 1) | y
+                    if hh >= 1024:
+                        hh = (hh & 511) | 512
+                    tables[0, slot[i]] = (q << 16) | (min(n + 1, limit) << 10) | hh
+                    e = np.int64(history_maps[hslot[i]])
                     n = e & 1023
                     q = e >> 10
                     q += ((target - q) * dt[n]) >> 16
-                    tables[0, slot[i]] = (q << 10) | min(n + 1, limit)
+                    history_maps[hslot[i]] = (q << 10) | min(n + 1, hlimit)
                 if mctx >= 0:
                     e = np.int64(match_sm[mctx])
                     n = e & 1023
