@@ -9,8 +9,16 @@
 
 and the exact path's cross-entropy (Σ -log2 of its coded frequencies) beside the float model's.
 
+--speed: in one run, per --bytes value, the exact path's encode and decode bytes/s with the reference
+kernel (kernel="torch": float64 torch attention over float64 rings, the code before issue 20) and the
+numba kernel (int16 rings), with 1 and 2 threads, beside zpaq -m5, and the ratios new / old (the streams
+of both kernels are checked to be the same bytes). --profile: where one decode step's time goes (64
+lanes, full ring, 1 thread unless --threads): attention, linear layers (the float64 matmuls), the rest.
+
     python -m bench.neural_codec --bytes 100000 1000000
     python -m bench.neural_codec --model runs/v2/best --bytes 20000 --skip-float-above 0
+    python -m bench.neural_codec --speed --bytes 2000 8000 32000 100000
+    python -m bench.neural_codec --profile
 """
 import argparse
 import bz2
@@ -27,7 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.quality import load_model_arg
-from bitlm.compress import float_reference, container
+from bitlm.compress import container, exact, float_reference
 from bitlm.train.data import load_corpus, split_corpus
 
 
@@ -106,6 +114,116 @@ def run(model, data: bytes, with_exact: bool, with_float: bool) -> None:
     print(line, flush=True)
 
 
+def _full_state(pred: exact.ExactPredictor, lanes: int, split: bytes) -> exact.LaneState:
+    """A LaneState of `lanes` lanes of held-out text whose ring is full and has wrapped (window + 44 slots)."""
+    n = pred.window + 44
+    arr = torch.tensor(list(split[:lanes * n]), dtype=torch.int64).view(lanes, n)
+    state = exact.LaneState(pred, lanes)
+    for s in range(0, n - 1, 16):
+        e = min(s + 16, n - 1)
+        pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s)
+    return state
+
+
+def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[str, dict[str, float]]:
+    """{kernel: {part: ms per decode step}} for one-slot steps of `lanes` lanes over a full ring: the
+    attention (torch: `_attention`; numba: `post_qkv`, i.e. attention with the qkv rounding and the ring
+    store), the linear layers (the float64 matmuls; the torch path's `_Linear` calls, their rounding
+    included), the rest (total minus both), median over `steps` steps."""
+    import statistics
+    from bitlm.compress import attention_kernel as K
+    out = {}
+    numba_pred = exact.ExactPredictor(model, kernel="numba")
+    state_n = _full_state(numba_pred, lanes, split)
+    for kernel in ("torch", "numba"):
+        pred = numba_pred if kernel == "numba" else exact.ExactPredictor(model, kernel="torch")
+        state = state_n
+        if kernel == "torch":                           # the same context in the reference's float64 rings
+            state = exact.LaneState(pred, lanes)
+            for i in range(len(pred.blocks)):
+                state.ring_k[i], state.ring_v[i] = state_n._ring_double(i)
+            state.ring_pos, state.pos = torch.from_numpy(state_n.ring_pos.copy()), state_n.pos
+        acc = {"attention": 0.0, "linear": 0.0}
+        patches = []
+
+        def timer(owner, name, part):
+            fn = getattr(owner, name)
+
+            def wrapped(*a, **k):
+                t0 = time.perf_counter()
+                r = fn(*a, **k)
+                acc[part] += time.perf_counter() - t0
+                return r
+            patches.append((owner, name, fn))
+            setattr(owner, name, wrapped)
+        if kernel == "torch":
+            timer(pred, "_attention", "attention")
+            timer(exact._Linear, "__call__", "linear")
+        else:
+            timer(K, "post_qkv", "attention")
+            timer(torch, "matmul", "linear")
+        rows = {"attention": [], "linear": [], "total": []}
+        prev = torch.tensor(list(split[:lanes]), dtype=torch.int64).view(lanes, 1)
+        try:
+            for _ in range(steps):
+                acc["attention"] = acc["linear"] = 0.0
+                t0 = time.perf_counter()
+                pred.frequencies(state, prev, 1)
+                rows["total"].append(time.perf_counter() - t0)
+                rows["attention"].append(acc["attention"])
+                rows["linear"].append(acc["linear"])
+        finally:
+            for owner, name, fn in reversed(patches):
+                setattr(owner, name, fn)
+        med = {k: 1000 * statistics.median(v) for k, v in rows.items()}
+        med["rest"] = med["total"] - med["attention"] - med["linear"]
+        out[kernel] = med
+    return out
+
+
+def speed(model, split: bytes, sizes: list[int], threads: tuple[int, ...] = (1, 2)) -> None:
+    """Encode / decode bytes/s of the reference (torch) and numba kernels with 1 and 2 threads beside
+    zpaq -m5, ratios new / old, on the first n held-out bytes for each n (see the module docstring)."""
+    saved = exact.DEFAULT_KERNEL
+    t0 = time.perf_counter()
+    exact.DEFAULT_KERNEL = "numba"
+    container.decompress_file(container.compress_file(split[:600], model, methods=("neural",)).blob, model)
+    print(f"warm-up (numba compiles its kernels once per process): {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"{'bytes':>8} {'thr':>3} {'path':<22} {'encode B/s':>11} {'decode B/s':>11} {'encode s':>9} {'decode s':>9}")
+    try:
+        for n in sizes:
+            data = split[:n]
+            res: dict[tuple[str, int], tuple[float, float]] = {}
+            blobs = {}
+            for t in threads:
+                torch.set_num_threads(t)
+                for kernel in ("torch", "numba"):
+                    exact.DEFAULT_KERNEL = kernel
+                    exact.ExactPredictor.of(model)                    # derived outside the timings
+                    result, t_enc = timed(lambda: container.compress_file(data, model, methods=("neural",)))
+                    back, t_dec = timed(lambda: container.decompress_file(result.blob, model, max_bytes=n))
+                    if back != data:
+                        raise SystemExit(f"{kernel} kernel round trip FAILED")
+                    blobs[kernel, t] = result.blob
+                    res[kernel, t] = (t_enc, t_dec)
+                    name = "reference (torch)" if kernel == "torch" else "new (numba)"
+                    print(f"{len(data):>8,} {t:>3} {name:<22} {len(data) / t_enc:>11,.0f} {len(data) / t_dec:>11,.0f} "
+                          f"{t_enc:>9.2f} {t_dec:>9.2f}", flush=True)
+            if len(set(blobs.values())) != 1:
+                raise SystemExit("the kernels or thread counts wrote different streams: FAILED")
+            if shutil.which("zpaq"):
+                _, z_enc, z_dec = zpaq_row(data)
+                print(f"{len(data):>8,} {'':>3} {'zpaq -m5':<22} {len(data) / z_enc:>11,.0f} {len(data) / z_dec:>11,.0f} "
+                      f"{z_enc:>9.2f} {z_dec:>9.2f}")
+            o1 = res["torch", threads[0]]
+            for t in threads:
+                (oe, od), (ne, nd) = res["torch", t], res["numba", t]
+                print(f"{len(data):>8,} {t:>3} ratio new/old same threads: encode {oe / ne:.2f}x, decode {od / nd:.2f}x; "
+                      f"new vs old with {threads[0]} thread: encode {o1[0] / ne:.2f}x, decode {o1[1] / nd:.2f}x", flush=True)
+    finally:
+        exact.DEFAULT_KERNEL = saved
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="assets", help="checkpoint or run folder (default: assets)")
@@ -117,6 +235,9 @@ def main() -> None:
     p.add_argument("--paths", nargs="+", choices=["exact", "float"], default=["exact", "float"],
                    help="which neural paths to run (default: both; the classic compressors always run)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    p.add_argument("--speed", action="store_true",
+                   help="only the exact path's speed: reference vs numba kernel, 1 and 2 threads, beside zpaq -m5")
+    p.add_argument("--profile", action="store_true", help="only where a decode step's time goes (64 lanes, full ring)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model_arg(p, args.model)[1].eval()
@@ -125,6 +246,14 @@ def main() -> None:
           f"(of {torch.multiprocessing.cpu_count()} cores), torch {torch.__version__}")
     print(f"model: {args.model} ({model.num_params():,} parameters, {model.config.n_layer} x {model.config.n_embd}, "
           f"pos={model.config.pos}); text: {args.corpus} held-out split ({len(split):,} bytes)")
+    if args.profile:
+        for kernel, parts in profile_step(model, split).items():
+            print(f"decode step, {torch.get_num_threads()} thread(s), kernel {kernel}: " +
+                  ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()), flush=True)
+        return
+    if args.speed:
+        speed(model, split, [min(n, len(split)) for n in args.bytes])
+        return
     for n in args.bytes:
         if n > len(split):
             print(f"\n(asked for {n:,} bytes; the held-out split has {len(split):,}, so this run takes all of it)")

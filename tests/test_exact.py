@@ -137,3 +137,78 @@ def test_matmul_bounds_hold():
             assert lin.w.dtype == torch.float64 and torch.equal(lin.w, lin.w.round())
             assert int(lin.w.abs().sum(-1).max()) * lin.in_bound + int(lin.b.abs().max()) < 1 << 52
     assert math.log2(pred.v_clamp) + exact.ATT_EXP_BITS + math.log2(pred.window + 2) <= 52
+
+
+# ------------------------------------------------------------------------------- the numba kernel (issue 20)
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_numba_kernel_gives_the_torch_reference_integers(fitted, chunk):
+    """The numba kernel (int16 rings, integer attention) against the float64 torch path, past the
+    window, whatever the chunk, the thread count or the lane split."""
+    ref = teacher_forced(exact.ExactPredictor(fitted, kernel="torch"), lanes_of(held_out("pydoc", 300), 3), 64)
+    arr = lanes_of(held_out("pydoc", 300), 3)
+    for threads in (1, 2, 3):
+        pred = exact.ExactPredictor(fitted, kernel="numba", threads=threads)
+        assert pred.kernel == "numba"
+        assert torch.equal(teacher_forced(pred, arr, chunk), ref), (chunk, threads)
+
+
+def test_numba_kernel_follows_torch_thread_count(fitted):
+    pred = exact.ExactPredictor.of(fitted)
+    assert pred.kernel == exact.DEFAULT_KERNEL == "numba" and pred.threads is None
+    arr = lanes_of(held_out("shakespeare", 400), 4)
+    one = teacher_forced(pred, arr, 1)
+    torch.set_num_threads(2)
+    try:
+        two = teacher_forced(pred, arr, 1)
+        assert torch.get_num_threads() == 2                 # a step restores the caller's setting
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("scale", [5.0, 6.0])   # 5.0: one lane of layer 1 widens, 6.0: all
+def test_lanes_that_outgrow_int16_are_widened_exactly(scale):
+    """q/k/v weights scaled up until keys and values leave int16 (in some lanes or all): those lanes'
+    rings are widened to int32 and the integers stay the torch path's, with 1 or 2 threads."""
+    torch.manual_seed(7)
+    m = BitTransformerLM(BitLMConfig(**TINY_V2)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+        for b in m.blocks:
+            b.attn.c_attn.weight.mul_(scale)
+    arr = lanes_of(held_out("pydoc", 4 * 70), 4)
+    ref = teacher_forced(exact.ExactPredictor(m, kernel="torch"), arr, 64)
+    for threads, chunk in ((1, 1), (2, 1), (2, 9)):
+        pred = exact.ExactPredictor(m, kernel="numba", threads=threads)
+        state = exact.LaneState(pred, 4)
+        parts = []
+        for s in range(0, arr.size(1), chunk):
+            e = min(s + chunk, arr.size(1))
+            parts.append(pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s))
+        assert torch.equal(torch.cat(parts, 1), ref), (threads, chunk)
+        assert state.wide.any()
+        for i in range(len(pred.blocks)):
+            if state.wide[i].any():
+                assert state.wide_k[i].dtype == np.int32
+                assert max(np.abs(state.wide_k[i]).max(), np.abs(state.wide_v[i]).max()) > 32767
+
+
+def test_memory_per_lane_and_for_the_decoder():
+    """The figures of LaneState's docstring: int16 keys and values, 2 · layers · window · n_embd · 2
+    bytes a lane (1.57 MB for the shipped 6 × 256 model, window 256; 6.3 MB with float64 rings), and a
+    64-lane decoder's rings, ring_pos and flags add up to exactly 64 times that + window · 8 + 64 · layers."""
+    from pathlib import Path
+    model = BitTransformerLM.from_pretrained(str(Path(__file__).resolve().parents[1] / "assets")).eval()
+    c = model.config
+    pred = exact.ExactPredictor.of(model)
+    per_lane = 2 * c.n_layer * c.window * c.n_embd * 2
+    assert exact.LaneState.bytes_per_lane(pred) == per_lane == 1_572_864
+    state = exact.LaneState(pred, 64)
+    assert state.nbytes() == 64 * per_lane + c.window * 8 + 64 * c.n_layer == 100_665_728
+    assert all(a.dtype == np.int16 for a in state.ring_k + state.ring_v)
+    ref = exact.ExactPredictor(model, kernel="torch")
+    assert exact.LaneState.bytes_per_lane(ref) == 4 * per_lane == 6_291_456
+    assert exact.LaneState(ref, 2).nbytes() == 2 * 4 * per_lane + c.window * 8

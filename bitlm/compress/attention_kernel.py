@@ -21,9 +21,31 @@ import math
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 _JIT = dict(cache=False, nogil=True)
 I16_MAX = 32767
+PREFETCH_AHEAD = 4096        # elements: how far ahead of the row being read the next rows are asked for
+
+
+@intrinsic
+def _prefetch(typingctx, arr, offset):
+    """A hint (llvm.prefetch: read, keep in all cache levels) for the element `offset` of a C-contiguous
+    array, counted from its first element; it never faults and changes no value."""
+    if not isinstance(arr, types.Array) or not isinstance(offset, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, types.int64), codegen
 
 
 @nb.njit(**_JIT)
@@ -56,8 +78,9 @@ def _shift_clamp(y, b, scale, clamp):
 
 @nb.njit(**_JIT)
 def split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, r0, r1):
-    """Rows [r0, r1) of the qkv linear's product y ((N, 3C) float64) + bias -> q, k, v ((N, C) int64),
-    rounded, clamped by the linear, then q, k to ±qk_clamp and v to ±v_clamp."""
+    """Rows [r0, r1) of the qkv linear's product y ((N, 3C) float64) + bias -> q ((N, C) int32: the
+    clamp ±qk_clamp ≤ 2^25 fits), k, v ((N, C) int64), rounded, clamped by the linear, then q, k to
+    ±qk_clamp and v to ±v_clamp."""
     C = q.shape[1]
     for n in range(r0, r1):
         for i in range(C):
@@ -142,82 +165,105 @@ def bias_tables(s0, Q, ring_pos, slopes, window, shift, hidden):
 
 
 @nb.njit(**_JIT)
-def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, num, top):
-    """One lane b: Q queries over its ring (rk, rv: (H, rows, hd), any integer dtype) and the chunk's
-    own keys/values (kc, vc: (N, C) int64, rows b·Q …), each ring key and value read once."""
-    H, rows = rk.shape[0], rk.shape[1]
+def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, e):
+    """One lane b: Q queries over its ring (rk, rv: (H, hd, rows), transposed so that the sums over
+    rows vectorise; any integer dtype) and the chunk's own keys/values (kc, vc: (N, C) int64, rows
+    b·Q …). sc: (rows + Q,) int64 and e: (rows + Q,) int32 scratch."""
+    H, rows = rk.shape[0], rk.shape[2]
     Q = br.shape[0]
     last = table.shape[0] - 1
     n0 = b * Q
     for h in range(H):
         c0 = h * hd
         for t in range(Q):
-            top[t] = -(1 << 62)
-        for j in range(rows):                                   # scores over the ring: keys read once
-            for t in range(Q):
+            n = n0 + t
+            for j in range(rows):
+                sc[j] = 0
+            d = 0
+            while d + 4 <= hd:                                  # q·k for every ring row: keys read once
+                base = (h * hd + d) * rows + PREFETCH_AHEAD     # (the rows after these, maybe the next lane's)
+                for a in range(0, 4 * rows, 32):
+                    _prefetch(rk, base + a)
+                q0, q1 = np.int64(q[n, c0 + d]), np.int64(q[n, c0 + d + 1])     # (per query; Q = 1
+                q2, q3 = np.int64(q[n, c0 + d + 2]), np.int64(q[n, c0 + d + 3]) # when decoding)
+                for j in range(rows):
+                    sc[j] += (q0 * np.int64(rk[h, d, j]) + q1 * np.int64(rk[h, d + 1, j])
+                              + q2 * np.int64(rk[h, d + 2, j]) + q3 * np.int64(rk[h, d + 3, j]))
+                d += 4
+            while d < hd:
+                qd = np.int64(q[n, c0 + d])
+                for j in range(rows):
+                    sc[j] += qd * np.int64(rk[h, d, j])
+                d += 1
+            top = -(1 << 62)
+            for j in range(rows):
                 if br[t, h, j] != hidden:
-                    acc = 0
-                    for d in range(hd):
-                        acc += q[n0 + t, c0 + d] * np.int64(rk[h, j, d])
-                    s = ((acc + 8192) >> 14) - br[t, h, j]
-                    sc[t, j] = s
-                    if s > top[t]:
-                        top[t] = s
-        for u in range(Q):                                      # and over the chunk's own slots
-            for t in range(Q):
+                    s = ((sc[j] + 8192) >> 14) - br[t, h, j]
+                    sc[j] = s
+                    top = max(top, s)
+            for u in range(Q):                                  # and the chunk's own slots
                 if bc[t, h, u] != hidden:
                     acc = 0
                     for d in range(hd):
-                        acc += q[n0 + t, c0 + d] * kc[n0 + u, c0 + d]
+                        acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
                     s = ((acc + 8192) >> 14) - bc[t, h, u]
-                    sc[t, rows + u] = s
-                    if s > top[t]:
-                        top[t] = s
-        for t in range(Q):
-            for d in range(hd):
-                num[t, d] = 0
-            num[t, hd] = 0                                      # Σ e
-        for j in range(rows):                                   # Σ e·v: values read once
-            for t in range(Q):
-                if br[t, h, j] != hidden:
-                    e = table[min(top[t] - sc[t, j], last)]
-                    if e != 0:
-                        num[t, hd] += e
-                        for d in range(hd):
-                            num[t, d] += e * np.int64(rv[h, j, d])
-        for u in range(Q):
-            for t in range(Q):
-                if bc[t, h, u] != hidden:
-                    e = table[min(top[t] - sc[t, rows + u], last)]
-                    if e != 0:
-                        num[t, hd] += e
-                        for d in range(hd):
-                            num[t, d] += e * vc[n0 + u, c0 + d]
-        for t in range(Q):
-            den = float(num[t, hd])
-            for d in range(hd):
-                out[n0 + t, c0 + d] = np.rint(float(num[t, d]) / den)
+                    sc[rows + u] = s
+                    top = max(top, s)
+            den = 0
+            for j in range(rows):
+                w = table[min(top - sc[j], last)] if br[t, h, j] != hidden else 0
+                e[j] = w
+                den += w
+            for u in range(Q):
+                w = table[min(top - sc[rows + u], last)] if bc[t, h, u] != hidden else 0
+                e[rows + u] = w
+                den += w
+            dn = float(den)
+            d = 0
+            while d + 2 <= hd:                                  # Σ e·v: values read once
+                base = (h * hd + d) * rows + PREFETCH_AHEAD
+                for a in range(0, 2 * rows, 32):
+                    _prefetch(rv, base + a)
+                a0, a1 = 0, 0
+                for j in range(rows):                           # e ≤ 2^16 (int32) · value: exact in int64
+                    ej = np.int64(e[j])
+                    a0 += ej * np.int64(rv[h, d, j])
+                    a1 += ej * np.int64(rv[h, d + 1, j])
+                for u in range(Q):
+                    a0 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d]
+                    a1 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d + 1]
+                out[n, c0 + d] = np.rint(float(a0) / dn)
+                out[n, c0 + d + 1] = np.rint(float(a1) / dn)
+                d += 2
+            while d < hd:
+                acc = 0
+                for j in range(rows):
+                    acc += np.int64(e[j]) * np.int64(rv[h, d, j])
+                for u in range(Q):
+                    acc += np.int64(e[rows + u]) * vc[n0 + u, c0 + d]
+                out[n, c0 + d] = np.rint(float(acc) / dn)
+                d += 1
 
 
 @nb.njit(**_JIT)
 def attention(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, hidden, table, hd, out, b0, b1):
     """Lanes [b0, b1): out ((N, C) float64, N = lanes · Q) = the attention outputs at ACT_BITS of the
-    queries q ((N, C) int64) over each lane's ring (ring_k/v: (lanes, H, rows, hd) int16, or wide_k/v
+    queries q ((N, C) int32) over each lane's ring (ring_k/v: (lanes, H, hd, rows) int16, or wide_k/v
     where wide[b]) and the chunk's keys kc / values vc ((N, C) int64). br, bc: from `bias_tables`."""
-    Q, rows = br.shape[0], ring_k.shape[2]
-    sc = np.empty((Q, rows + Q), np.int64)
-    num = np.empty((Q, hd + 1), np.int64)
-    top = np.empty(Q, np.int64)
+    Q, rows = br.shape[0], ring_k.shape[3]
+    sc = np.empty(rows + Q, np.int64)
+    e = np.empty(rows + Q, np.int32)
     for b in range(b0, b1):
         if wide[b]:
-            _lane_attention(q, kc, vc, wide_k[b], wide_v[b], b, br, bc, hidden, table, hd, out, sc, num, top)
+            _lane_attention(q, kc, vc, wide_k[b], wide_v[b], b, br, bc, hidden, table, hd, out, sc, e)
         else:
-            _lane_attention(q, kc, vc, ring_k[b], ring_v[b], b, br, bc, hidden, table, hd, out, sc, num, top)
+            _lane_attention(q, kc, vc, ring_k[b], ring_v[b], b, br, bc, hidden, table, hd, out, sc, e)
 
 
 @nb.njit(**_JIT)
 def store(kc, vc, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1):
-    """Write the chunk's slots src (indices into its Q slots) into ring rows `rows` of lanes [b0, b1)
+    """Write the chunk's slots src (indices into its Q slots) into ring rows `rows` (the last axis of
+    the (lanes, H, hd, rows) rings) of lanes [b0, b1)
     (wide[b] = 1: into wide_k/v). A lane not yet wide (wide[b] = 0) with a key or value that int16 does
     not hold is left unwritten and marked wide[b] = 2; returns how many such lanes there are (the
     caller widens them and stores again)."""
@@ -241,11 +287,11 @@ def store(kc, vc, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1):
             for h in range(H):
                 for d in range(hd):
                     if wide[b] == 0:
-                        ring_k[b, h, rows[i], d] = kc[n, h * hd + d]
-                        ring_v[b, h, rows[i], d] = vc[n, h * hd + d]
+                        ring_k[b, h, d, rows[i]] = kc[n, h * hd + d]
+                        ring_v[b, h, d, rows[i]] = vc[n, h * hd + d]
                     else:
-                        wide_k[b, h, rows[i], d] = kc[n, h * hd + d]
-                        wide_v[b, h, rows[i], d] = vc[n, h * hd + d]
+                        wide_k[b, h, d, rows[i]] = kc[n, h * hd + d]
+                        wide_v[b, h, d, rows[i]] = vc[n, h * hd + d]
     return bad
 
 

@@ -22,11 +22,32 @@ partial sum below 2^24 is exact in float32), so the range coder sees the same in
 forced chunks (encoding) and one-slot steps (decoding) compute each (query, key) term the same way and
 only sum exact integers, so they agree to the bit. Supported: factorized ALiBi models (v2) with 8-bit
 patches or 9-bit parity frames; anything else raises `UnsupportedModelError`.
+
+Two kernels compute the same integers. kernel="torch" (any device; the reference) holds keys and
+values in float64 tensors and runs the attention as float64 matmuls (exact by the bound above).
+kernel="numba" (the CPU default, `bitlm.compress.attention_kernel`) keeps the float64 matmuls of the
+linear layers (torch) and does everything between them in numba, with the same operations: q in int32
+(|q| ≤ qk_clamp ≤ 2^25), keys and values of the ring in int16 — they are clamped to ±qk_clamp / ±v_clamp
+(2^23 / 2^26 for the shipped model), which int16 cannot hold, and the bound the weights prove (up to
+~51 000 for the shipped model) does not fit either, so a lane whose key or value leaves [-32767, 32767]
+(observed maximum on held-out text ~22 400; never on the golden inputs) has that layer's ring copied to
+int32 (int64 when a clamp exceeds int32) from then on, values unchanged. Dot products q·k and the sums
+Σ e·v, Σ e are int64 sums of exact int64 products (|q·k| < 2^51, e ≤ 2^16, Σ e·v < 2^51 by the same
+bounds), so their order does not matter; a score is (q·k + 2^13) >> 14, the same floor(x/2^14 + 1/2) as
+`_fshift`; the ALiBi bias, the max subtraction, the exp table and the clamp to its last entry are the
+same; an output is np.rint(float(Σ e·v) / float(Σ e)): two integers below 2^53 convert exactly, one
+correctly rounded IEEE division (no fastmath), round half to even — what torch.round(num / den) gives.
+The layer norm repeats the integer mean and variance, the int -> float conversion, sqrt, product and
+division (each a single correctly rounded op, in the same order) and rint. A step's lanes are split among
+threads (torch's thread count unless `threads` is given), each lane computed alone, so the split never
+matters; tests/test_golden.py pins the streams of the shipped model and a tiny model's frequencies.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -240,7 +261,7 @@ class LaneState:
     (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
     slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index.
 
-    Memory. With the numba kernel (the CPU default) keys and values are int16, (lanes, H, window, hd)
+    Memory. With the numba kernel (the CPU default) keys and values are int16, (lanes, H, hd, window)
     per layer: 2 · layers · window · n_embd · 2 bytes per lane (`bytes_per_lane`; 1.57 MB for the shipped
     6 × 256 model with its 256-slot window, a quarter of the float64 rings of the torch path, 6.3 MB),
     so 64 lanes hold 100.7 MB. A lane whose key or value ever leaves int16 (never seen on real input;
@@ -260,8 +281,8 @@ class LaneState:
             self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
             self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
             return
-        self.ring_k = [np.zeros((lanes, H, rows, hd), dtype=np.int16) for _ in range(L)]
-        self.ring_v = [np.zeros((lanes, H, rows, hd), dtype=np.int16) for _ in range(L)]
+        self.ring_k = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # rows last: the
+        self.ring_v = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # kernel's sums run on it
         self.wide_k: list[np.ndarray | None] = [None] * L      # allocated when a lane of the layer outgrows int16
         self.wide_v: list[np.ndarray | None] = [None] * L
         self.wide = np.zeros((L, lanes), dtype=np.int8)          # 1: the lane's ring of that layer is wide_k/v
@@ -303,7 +324,8 @@ class LaneState:
         k, v = self.ring_k[i].astype(np.float64), self.ring_v[i].astype(np.float64)
         for b in np.flatnonzero(self.wide[i] == 1):
             k[b], v[b] = self.wide_k[i][b], self.wide_v[i][b]
-        return torch.from_numpy(k), torch.from_numpy(v)
+        return (torch.from_numpy(k).transpose(-1, -2).contiguous(),
+                torch.from_numpy(v).transpose(-1, -2).contiguous())
 
 
 class ExactPredictor:
@@ -386,18 +408,20 @@ class ExactPredictor:
             for lin in [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]:
                 lin.w, lin.b = lin.w.to(self.device), lin.b.to(self.device)
 
-    _cache: "weakref.WeakKeyDictionary[BitTransformerLM, tuple[tuple, ExactPredictor]]" = weakref.WeakKeyDictionary()
+    _cache: "weakref.WeakKeyDictionary[BitTransformerLM, dict[tuple, tuple[tuple, ExactPredictor]]]" = weakref.WeakKeyDictionary()
 
     @classmethod
     def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None) -> "ExactPredictor":
         """The predictor of `model` on `device` (its integers are the same on any device and kernel),
         derived once and re-derived when a weight changed in place. Raises UnsupportedModelError (see the class)."""
-        versions = (str(device), kernel) + tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
-        hit = cls._cache.get(model)
+        key = (str(device), kernel or DEFAULT_KERNEL)
+        versions = tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
+        preds = cls._cache.setdefault(model, {})
+        hit = preds.get(key)
         if hit is not None and hit[0] == versions:
             return hit[1]
         pred = cls(model, device, kernel)
-        cls._cache[model] = (versions, pred)
+        preds[key] = (versions, pred)
         return pred
 
     # ------------------------------------------------------------------------------- arithmetic
@@ -510,7 +534,7 @@ class ExactPredictor:
             N, C = state.lanes * Q, self.n_head * self.head_dim
             f, i = np.float64, np.int64
             sc = {"x": np.empty((N, C), i), "ln": np.empty((N, C), f), "y3": np.empty((N, 3 * C), f),
-                  "q": np.empty((N, C), i), "k": np.empty((N, C), i), "v": np.empty((N, C), i),
+                  "q": np.empty((N, C), np.int32), "k": np.empty((N, C), i), "v": np.empty((N, C), i),
                   "att": np.empty((N, C), f), "yc": np.empty((N, C), f),
                   "u": np.empty((N, self.blocks[0].fc.w.size(0)), f), "g": np.empty((N, self.blocks[0].fc.w.size(0)), f),
                   "logit": np.empty((N, 256), f)}
@@ -518,17 +542,54 @@ class ExactPredictor:
             state._scratch[Q] = sc
         return sc
 
-    def _run(self, fn, args: tuple, B: int) -> int:
-        """fn(*args, b0, b1) over lane ranges [b0, b1) that split B lanes among the threads (self.threads,
-        else torch's); the sum of what the calls return. Lanes are independent: any split, same bits."""
-        T = min(self.threads or torch.get_num_threads(), B)
-        if T <= 1:
-            return fn(*args, 0, B) or 0
-        cuts = [B * t // T for t in range(T + 1)]
-        pool = _pool(T - 1)
-        futs = [pool.submit(fn, *args, cuts[t], cuts[t + 1]) for t in range(1, T)]
-        total = fn(*args, cuts[0], cuts[1]) or 0
-        return total + sum(f.result() or 0 for f in futs)
+    def _run(self, fn, args: tuple, B: int, T: int) -> None:
+        """fn(*args, b0, b1) over lane ranges [b0, b1) covering B lanes, on this thread and T - 1 pool
+        threads, which take the T blocks of lanes as they come free (so a thread the machine keeps busy
+        elsewhere only takes fewer). Lanes are independent: any split gives the same bits."""
+        cuts = [B * i // T for i in range(T + 1)]
+        blocks = itertools.count()
+
+        def work() -> None:
+            while (i := next(blocks)) < T:
+                fn(*args, cuts[i], cuts[i + 1])
+        futs = [_pool(T - 1).submit(work) for _ in range(T - 1)]
+        work()
+        for f in futs:
+            f.result()
+
+    def _lanes(self, ctx: tuple, l0: int, l1: int) -> None:
+        """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the float64
+        matmuls (torch) and the numba kernels between them, then the head's byte frequencies."""
+        K, state, sc, Q, rows, src, br, bc, freq = ctx
+        T, t, hd = sc["t"], self._np, self.head_dim
+        x, ln, r0, r1 = sc["x"], sc["ln"], l0 * Q, l1 * Q
+        lnt, y3t, attt, yct, ut, gt = (T[k][r0:r1] for k in ("ln", "y3", "att", "yc", "u", "g"))
+        first = self.blocks[0]
+        K.pre_layer(x, first.ln1[0], first.ln1[1], ln, Q, l0, l1)
+        for i, blk in enumerate(self.blocks):
+            torch.matmul(lnt, blk.qkv.w.t(), out=y3t)
+            wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
+            wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
+            if K.post_qkv(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
+                          sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
+                          br, bc, -1, t["att_exp"], hd, sc["att"], rows, src, l0, l1):
+                with _WIDEN_LOCK:                                            # a lane outgrew int16: widen it
+                    state._widen(i)
+                K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
+                        state.wide[i], rows, src, hd, l0, l1)
+            torch.matmul(attt, blk.proj.w.t(), out=yct)
+            K.post_residual(x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
+                            blk.ln2[0], blk.ln2[1], ln, Q, l0, l1)
+            torch.matmul(lnt, blk.fc.w.t(), out=ut)
+            K.post_fc(sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], GELU_RANGE << ACT_BITS,
+                      sc["g"], Q, l0, l1)
+            torch.matmul(gt, blk.out.w.t(), out=yct)
+            nxt = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
+            K.post_residual(x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
+                            nxt[0], nxt[1], ln, Q, l0, l1)
+        torch.matmul(lnt, self.head.w.t(), out=T["logit"][r0:r1])
+        K.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
+                    FREQ_TOTAL, freq, Q, l0, l1)
 
     def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
         """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see
@@ -536,14 +597,13 @@ class ExactPredictor:
         K = _kernels()
         B, s0, Q = state.lanes, state.pos, n_slots
         H, hd = self.n_head, self.head_dim
-        C, W, r = H * hd, self.window, GELU_RANGE << ACT_BITS
+        C, W = H * hd, self.window
         m = 0 if prev is None or not prev.numel() else prev.size(1)
         if m + (s0 == 0) != Q:
             raise ValueError(f"{n_slots} slots from slot {s0} need {n_slots - (s0 == 0)} input bytes per lane")
         t = self._np
         sc = self._scratch(state, Q)
-        x, ln, T = sc["x"], sc["ln"], sc["t"]
-        xv = x.reshape(B, Q, C)
+        xv = sc["x"].reshape(B, Q, C)
         if s0 == 0:
             xv[:, 0] = t["bos"]
         if m:
@@ -556,45 +616,34 @@ class ExactPredictor:
         src = (keep - s0).astype(np.int64)
         rows = rows.astype(np.int64)
         br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, -1)
-        b0 = self.blocks[0]
-        self._run(K.pre_layer, (x, b0.ln1[0], b0.ln1[1], ln, Q), B)
-        for i, blk in enumerate(self.blocks):
-            torch.matmul(T["ln"], blk.qkv.w.t(), out=T["y3"])
-            wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
-            wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
-            args = (sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
-                    sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
-                    br, bc, -1, t["att_exp"], hd, sc["att"], rows, src)
-            if self._run(K.post_qkv, args, B):                               # a lane outgrew int16: widen it
-                state._widen(i)
-                K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
-                        state.wide[i], rows, src, hd, 0, B)
-            torch.matmul(T["att"], blk.proj.w.t(), out=T["yc"])
-            self._run(K.post_residual, (x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
-                                        blk.ln2[0], blk.ln2[1], ln, Q), B)
-            torch.matmul(T["ln"], blk.fc.w.t(), out=T["u"])
-            self._run(K.post_fc, (sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], r, sc["g"], Q), B)
-            torch.matmul(T["g"], blk.out.w.t(), out=T["yc"])
-            nxt = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
-            self._run(K.post_residual, (x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
-                                        nxt[0], nxt[1], ln, Q), B)
+        freq = np.empty((B * Q, 256), dtype=np.int64)
+        ctx = (K, state, sc, Q, rows, src, br, bc, freq)
+        T = min(self.threads or torch.get_num_threads(), B)
+        if T <= 1:
+            self._lanes(ctx, 0, B)
+        else:                       # lanes split among T threads, each running torch on one thread
+            saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                self._run(self._lanes, (ctx,), B, T)
+            finally:
+                torch.set_num_threads(saved)
         state.ring_pos[rows] = keep
         state.pos += Q
-        torch.matmul(T["ln"], self.head.w.t(), out=T["logit"])
-        freq = np.empty((B * Q, 256), dtype=np.int64)
-        self._run(K.post_head, (sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
-                                FREQ_TOTAL, freq, Q), B)
         return torch.from_numpy(freq.reshape(B, Q, 256))
 
 
 _POOL: list = []
+_WIDEN_LOCK = threading.Lock()
 
 
 def _pool(workers: int):
-    """A thread pool of at least `workers` threads (shared, grown on demand)."""
+    """A thread pool of at least `workers` threads (shared, grown on demand), each running torch on one
+    thread (the pool's threads are the parallelism)."""
     from concurrent.futures import ThreadPoolExecutor
     if not _POOL or _POOL[0]._max_workers < workers:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitlm-exact")]
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitlm-exact",
+                                       initializer=torch.set_num_threads, initargs=(1,))]
     return _POOL[0]
 
 
