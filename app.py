@@ -215,9 +215,10 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
         neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
         neural_table = gr.Dataframe(label="Bits per byte on this text")
         gr.Markdown(f"**Files**: compress a file (any bytes, ≤ {codec_tab.FILE_MAX_BYTES // 2**20} MB) or, without "
-                    f"one, the text above into a `{codec_tab.BLM_SUFFIX}` file, with whichever of the model (files up "
-                    f"to {codec_tab.NEURAL_FILE_MAX_BYTES // 1024} KB: it decodes a few hundred bytes a second), lzma, "
-                    "bz2, zlib or stored is smallest; decompress a "
+                    f"one, the text above into a `{codec_tab.BLM_SUFFIX}` file, with whichever is smallest of cm (online "
+                    "context mixing: models that learn from the file as it is coded), the model mixed in with them "
+                    f"(neural+cm) or alone (neural; both for files up to {codec_tab.NEURAL_FILE_MAX_BYTES // 1024} KB, "
+                    "as the model decodes sequentially), lzma, bz2, zlib or stored; decompress a "
                     f"`{codec_tab.BLM_SUFFIX}` file back to the original (one the model coded needs the same model). "
                     "Larger files: `python -m bitlm.cli.compress`.")
         with gr.Row():

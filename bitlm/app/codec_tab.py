@@ -28,9 +28,9 @@ CODEC_MAX_BITS = CODEC_MAX_CHARS * 9 * 4
 # The exact codec decodes ~250 bytes/s in one lane (encoding is several times faster); from 512 bytes on,
 # inputs go in parallel lanes (5 000 characters: decode ~900 bytes/s on one thread, ~1 500 on two).
 NEURAL_MAX_CHARS = 5_000
-# Files: the Codec tab compresses and decompresses up to FILE_MAX_BYTES; the model (neural method) is tried
-# on inputs up to NEURAL_FILE_MAX_BYTES and decodes a neural file only up to that length, since decoding is
-# sequential (a few hundred bytes/s on the app's CPU; the CLI has no such cap). Above it: lzma, bz2, zlib, stored.
+# Files: the Codec tab compresses and decompresses up to FILE_MAX_BYTES; the model methods (neural, neural+cm)
+# are tried on inputs up to NEURAL_FILE_MAX_BYTES and decode only up to that length, since decoding is
+# sequential (see bench/neural_codec.py; the CLI has no such cap). Above it: cm, lzma, bz2, zlib, stored.
 FILE_MAX_BYTES = 1 << 20
 NEURAL_FILE_MAX_BYTES = 8 << 10
 MODEL_METHOD_NAMES = ("neural", "neural+cm")

@@ -169,14 +169,15 @@ class Endpoints:
 
     def compress_file(self, upload: Any = None, text: Any = "", visitor: Visitor | None = None,
                       request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
-        """Compress a file losslessly into a .blm file, with whichever of the model (a range coder driven by its
-        exact integer predictor; files up to 8 KB), lzma, bz2, zlib or stored gives the smallest output.
+        """Compress a file losslessly into a .blm file, with whichever of cm (online context mixing), the model
+        mixed in with it (neural+cm) or alone (neural: a range coder driven by its exact integer predictor; both
+        model methods for files up to 8 KB), lzma, bz2, zlib or stored gives the smallest output.
 
         Args:
             upload: the file to compress (any bytes, up to 1 MB); empty to compress the text instead.
             text: the text to compress (UTF-8, up to 10,000 characters) when no file is given.
         Returns:
-            the .blm file (decompress it with decompress_file, with the same model if its method is neural),
+            the .blm file (decompress it with decompress_file, with the same model if its method is neural or neural+cm),
             a table of every method's file size and bits per byte on these bytes (the chosen one marked), and a
             status message.
         """
