@@ -98,8 +98,9 @@ def test_memory_is_fixed_by_the_length_and_capped():
         st = cm.CMState(n, lanes, L, np.full(lanes, L))
         tb = cm.table_bits(n)
         want = (4 << (tb + cm.SHARED_BITS)) + (4 << (tb - 1)) + lanes * L + 8 * lanes * cm.LANE_FIELDS
-        small = st.w1.nbytes + st.w2.nbytes + st.w3.nbytes + st.wf.nbytes + st.apm1.nbytes + st.apm2.nbytes \
-            + st.history_maps.nbytes + st.match_sm.nbytes + st.params.nbytes + st.lens.nbytes + st.coder.nbytes
+        small = st.w1.nbytes + st.w2.nbytes + st.w3.nbytes + st.w4.nbytes + st.wf.nbytes + st.apm1.nbytes \
+            + st.apm2.nbytes + st.indirect.nbytes + st.history_maps.nbytes + st.match_sm.nbytes + st.params.nbytes \
+            + st.lens.nbytes + st.coder.nbytes
         assert st.nbytes == want + small
         assert small < 10 << 20
     assert cm.table_bits(nc.MAX_LENGTH) == cm.TABLE_BITS_MAX == 20            # 64 MiB of context slots at most

@@ -3,16 +3,27 @@
 Every byte is coded as 8 binary decisions (MSB first) by a binary arithmetic coder whose probability
 comes from models that learn from the file while it is coded, in the manner of lpaq1 and paq8px:
 
-- seven context models (orders 0, 1, 2, 3, 4 and 6 of the preceding bytes, and the current word's
-  letters): each context hashes to a 16-slot bucket per nibble, a slot holds an adaptive counter
-  (a 22-bit probability and a 10-bit count, p += (y - p) / (n + 1.5), n capped);
-- a match model: the longest earlier occurrence (≥ MINLEN bytes, found by a hash of the last MINLEN
-  bytes) predicts the bit that followed it, through a counter indexed by the match length and that bit;
+- fifteen context models: orders 0-6 and 8 of the preceding bytes, the current word (letters), the
+  word before and the current one, the column with the byte above it, two sparse contexts (bytes 2-3
+  back; bytes 2 and 4 back) and two indirect ones (the two bytes that last followed the last one and
+  two bytes). Each context hashes to a 16-slot bucket per nibble in one shared table; a slot holds an
+  adaptive counter (16-bit p, 6-bit count: p += (y - p) / (n + 1.5), n capped) and the slot's last 9
+  bits, which an adaptive map per context model turns into a second probability (as bit histories
+  do in lpaq: what usually follows this pattern of bits here);
+- a match model: the latest earlier occurrence of the last 6 bytes (a hash table, verified backwards
+  up to 32 bytes) predicts the bit that followed it, through a counter indexed by the match length
+  and that bit;
 - for `neural+cm`, the model's exact probability of the bit given the bits of the byte so far: a ratio
   of integer sums of the exact predictor's 256 byte frequencies (`bitlm.compress.exact`);
-- two logistic mixers (stretch → weighted sum → squash; one weight set per partial byte, one per match
-  length × model confidence × bit position) whose weights follow the coding error, averaged, then two
-  APM/SSE stages (by partial byte, and by partial byte × previous byte) blended with the mixer output.
+- four logistic mixers (stretch → weighted sum → squash) whose weights follow the coding error, each
+  with its weight set chosen by another small context (the partial byte × the model's recent error;
+  match length × the model's confidence × bit position; how many contexts were seen before × bit
+  position; the last byte × bit position), a final mixer of the four by bit position, then two APM/SSE
+  stages (by partial byte, and by partial byte × the last byte) blended with it as (p + a1 + 2·a2) / 4.
+
+Every constant and rate in PARAMS and above was chosen by measuring on `bench/test_files.py`'s files
+(the numbers beside each say what else was tried); changing one changes every stream, so it needs a
+new container version.
 
 Why it is exact: every quantity is an integer (int64 arithmetic on values whose bounds are stated
 beside them, no overflow; tables stored as uint32/int32 and widened on read); stretch and squash are
@@ -26,10 +37,10 @@ lane, lane 0 first). The tables, mixers and APMs are shared by all lanes; each l
 byte history (the contexts), and the match model may point into any lane at a byte already coded.
 
 Memory: the context models share one table of 2^(table_bits + 4) uint32 (`table_bits(n)`: from 16
-for inputs under 4 KiB up to TABLE_BITS_MAX = 20 from 64 KiB on: 4 MiB to 64 MiB), the match table
-2^(table_bits - 1) int32 (≤ 2 MiB), the mixers and APMs 9 MiB, the bytes themselves: all fixed by the
-stated length (capped), never by the payload (`CMState.nbytes` adds them up; a test checks the cap). Time is linear
-in the length: ~a few µs a byte (see `bench/files.py`).
+for inputs under 2 KiB up to TABLE_BITS_MAX = 20 from 16 KiB on: 4 MiB to 64 MiB), the match table
+2^(table_bits - 1) int32 (≤ 2 MiB), mixers, APMs and the rest < 10 MiB, the bytes themselves: all fixed by the
+stated length (capped), never by the payload (`CMState.nbytes` adds them up; a test checks the cap).
+Time is linear in the length: 2-3 µs a byte on one core (see `bench/neural_codec.py`).
 """
 from __future__ import annotations
 
@@ -46,7 +57,7 @@ except ImportError:                                    # the plain-Python path (
     def _jit(f):
         return f
 
-NCTX = 13                      # context models: orders 0-6 and 8, the word, two words, the column, 2 sparse
+NCTX = 15                      # context models: orders 0-6 and 8, word, two words, column, 2 sparse, 2 indirect
 N_IN = 2 * NCTX + 3            # mixer inputs: per context its counter and its history's map; the match model,
 I_MATCH, I_NEURAL, I_BIAS = 2 * NCTX, 2 * NCTX + 1, 2 * NCTX + 2      # the neural model, a bias
 HIST_BITS = 10                 # a slot's recent bits in its context: a 1, then up to 9 bits (oldest first)
@@ -56,7 +67,7 @@ TABLE_BITS_MIN, TABLE_BITS_MAX = 16, 20
 SHARED_BITS = 4                # the context models share one table of 2^(table_bits + 4) slots
 APM2_BITS = 16                 # APM 2 contexts: partial byte × previous byte
 SETS2 = 4 * 4 * 8              # mixer 2 weight sets: match bucket × neural confidence × bit position
-SETS3 = (NCTX + 1) * 8         # mixer 3 weight sets: contexts seen before × bit position
+SETS3 = (NCTX + 1) * 8         # mixer 3 weight sets: contexts seen before × bit position (mixer 4: last byte × bit)
 _STEP = 1 << 16                # bytes a call of the compiled coder codes alone (progress, buffer growth)
 Progress = Callable[[int, int], None]
 LANE_FIELDS = 9                # per lane: c4 (last 4 bytes), c8 (the 4 before), word hash, match ptr, match len,
@@ -146,7 +157,9 @@ class CMState:
         self.w1 = w1
         self.w2 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS2, N_IN)))
         self.w3 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS3, N_IN)))
-        self.wf = np.full((8, 3), 65536 // 3, dtype=np.int32)      # the final mixer of the three, by bit position
+        self.w4 = np.ascontiguousarray(np.broadcast_to(w1[:1], (256 * 8, N_IN)))
+        self.indirect = np.zeros(256 + 65536, dtype=np.int64)    # the 2 bytes that last followed each 1- and 2-byte context
+        self.wf = np.full((8, 4), 65536 // 4, dtype=np.int32)      # the final mixer of the three, by bit position
         ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
@@ -178,7 +191,7 @@ class Encoder:
         if room > len(self.buf):
             self.buf = np.concatenate([self.buf, np.zeros(max(room, 2 * len(self.buf)) - len(self.buf), np.uint8)])
         _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, False, self.buf, st.coder,
-              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.wf, st.apm1, st.apm2, st.params,
+              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.w4, st.wf, st.indirect, st.apm1, st.apm2, st.params,
               STRETCH, DT)
 
     def finish(self) -> bytes:
@@ -206,7 +219,7 @@ class Decoder:
     def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
         st = self.state
         _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, True, self.payload, st.coder,
-              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.wf, st.apm1, st.apm2, st.params,
+              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.w4, st.wf, st.indirect, st.apm1, st.apm2, st.params,
               STRETCH, DT)
 
     def finish(self, name: str) -> bytes:
@@ -262,7 +275,7 @@ def _apm(t, ctx, s):
 
 @_jit
 def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, history_maps, match_table, match_sm,
-          lane_state, w1, w2, w3, wf, apm1, apm2, params, stretch, dt):
+          lane_state, w1, w2, w3, w4, wf, indirect, apm1, apm2, params, stretch, dt):
     tmask = tables.shape[1] - 1
     mmask = match_table.shape[0] - 1
     lr, limit, mlimit, apm_rate, hlimit = params[0], params[1], params[2], params[5], params[6]
@@ -297,6 +310,8 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
             h[10] = _hash(above | (min(col, 255) << 8), _hash(c4 & 0xFF, 11))
             h[11] = _hash(c4 & 0xFFFF00, 12)                 # bytes 2-3 back, skipping the last
             h[12] = _hash(c4 & 0xFF00FF00, 13)               # bytes 2 and 4 back
+            h[13] = _hash(indirect[c4 & 0xFF] | ((c4 & 0xFF) << 16), 14)
+            h[14] = _hash(indirect[256 + (c4 & 0xFFFF)] | ((c4 & 0xFFFF) << 16), 15)
             byte = np.int64(hist[here]) if not decode else np.int64(0)
             c0 = np.int64(1)
             node = np.int64(1)
@@ -350,18 +365,23 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 d1 = np.int64(0)
                 d2 = np.int64(0)
                 d3 = np.int64(0)
+                d4 = np.int64(0)
+                s4 = ((c4 & 0xFF) << 3) | bit
                 for i in range(N_IN):
                     d1 += xs[i] * np.int64(w1[s1, i])
                     d2 += xs[i] * np.int64(w2[s2, i])
                     d3 += xs[i] * np.int64(w3[s3, i])
+                    d4 += xs[i] * np.int64(w4[s4, i])
                 d1 = min(max(d1 >> 16, -2047), 2047)
                 d2 = min(max(d2 >> 16, -2047), 2047)
                 d3 = min(max(d3 >> 16, -2047), 2047)
+                d4 = min(max(d4 >> 16, -2047), 2047)
+                p4 = _squash(d4)
                 p1 = _squash(d1)
                 p2 = _squash(d2)
                 p3 = _squash(d3)
                 sf = bit
-                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2])) >> 16
+                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2]) + d4 * np.int64(wf[sf, 3])) >> 16
                 sm = min(max(sm, -2047), 2047)
                 pm = _squash(sm)
                 # ---- two APM stages
@@ -397,7 +417,10 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 wf[sf, 0] = np.int32(min(max(np.int64(wf[sf, 0]) + ((d1 * ef) >> 16), -(1 << 22)), 1 << 22))
                 wf[sf, 1] = np.int32(min(max(np.int64(wf[sf, 1]) + ((d2 * ef) >> 16), -(1 << 22)), 1 << 22))
                 wf[sf, 2] = np.int32(min(max(np.int64(wf[sf, 2]) + ((d3 * ef) >> 16), -(1 << 22)), 1 << 22))
+                wf[sf, 3] = np.int32(min(max(np.int64(wf[sf, 3]) + ((d4 * ef) >> 16), -(1 << 22)), 1 << 22))
+                e4 = ((y << 12) - p4) * lr
                 for i in range(N_IN):
+                    w4[s4, i] = np.int32(min(max(np.int64(w4[s4, i]) + ((xs[i] * e4) >> 16), -(1 << 22)), 1 << 22))
                     w3[s3, i] = np.int32(min(max(np.int64(w3[s3, i]) + ((xs[i] * e3) >> 16), -(1 << 22)), 1 << 22))
                     w1[s1, i] = np.int32(min(max(np.int64(w1[s1, i]) + ((xs[i] * e1) >> 16), -(1 << 22)), 1 << 22))
                     w2[s2, i] = np.int32(min(max(np.int64(w2[s2, i]) + ((xs[i] * e2) >> 16), -(1 << 22)), 1 << 22))
@@ -434,6 +457,8 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
             byte = c0 & 0xFF
             hist[here] = byte
             # ---- the lane's contexts move on by one byte
+            indirect[c4 & 0xFF] = ((indirect[c4 & 0xFF] << 8) | byte) & 0xFFFF
+            indirect[256 + (c4 & 0xFFFF)] = ((indirect[256 + (c4 & 0xFFFF)] << 8) | byte) & 0xFFFF
             c8 = ((c8 << 8) | (c4 >> 24)) & 0xFFFFFFFF
             c4 = ((c4 << 8) | byte) & 0xFFFFFFFF
             if (byte >= 65 and byte <= 90) or (byte >= 97 and byte <= 122) or byte >= 128:
