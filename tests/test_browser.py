@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from bitlm.compress import container
+from bitlm.model.transformer import BitTransformerLM
+from bitlm.train.trainer import PRESETS
 from conftest import free_port, launch_app, serving, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -235,7 +239,8 @@ def test_codec_tab_compresses_and_restores_a_file(page, tmp_path):
     page.locator("#file-compress-btn").click()
     page.locator("#file-status").get_by_text("notes.bin.blm").wait_for(timeout=60_000)
     assert text_of(page, "file-status").startswith("✓")
-    assert all(page.locator("#file-table").get_by_text(m, exact=True).count() for m in ("lzma", "bz2", "zlib"))
+    assert all(page.locator("#file-table").get_by_text(m, exact=True).count()
+               for m in ("neural+cm", "cm", "neural", "lzma", "bz2", "zlib"))
     (tmp_path / "got").mkdir()
     blm = download_from(page, "blm-out", "notes.bin.blm", tmp_path / "got")
     assert blm.read_bytes()[0] == 0xB7 and blm.name == "notes.bin.blm"
@@ -247,6 +252,21 @@ def test_codec_tab_compresses_and_restores_a_file(page, tmp_path):
     restored = download_from(page, "restored", "notes.bin", tmp_path / "back")
     assert restored.read_bytes() == original.read_bytes()
     page.screenshot(path=str(OUT / "codec-file.png"), full_page=True)
+    # a file the model mixed in coded (the app's untrained fallback, rebuilt here the way the app builds it)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        fallback = BitTransformerLM(PRESETS["small"][0]).eval()
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes("To be, or not to be, that is the question:\n".encode() * 12)
+    (tmp_path / "mixed.txt.blm").write_bytes(
+        container.compress_file(mixed.read_bytes(), fallback, methods=("neural+cm",)).blob)
+    page.locator("#blm-in button[aria-label='Clear']").click()
+    upload_to(page, "blm-in", tmp_path / "mixed.txt.blm")
+    page.locator("#file-decompress-btn").click()
+    page.locator('#restored a[download="mixed.txt"]').wait_for(timeout=60_000)
+    assert "neural+cm" in text_of(page, "file-status") and text_of(page, "file-status").startswith("✓")
+    (tmp_path / "back2").mkdir()
+    assert download_from(page, "restored", "mixed.txt", tmp_path / "back2").read_bytes() == mixed.read_bytes()
     page.locator("#blm-in button[aria-label='Clear']").click()
     upload_to(page, "blm-in", original)  # not a .blm: a message that stays
     page.locator("#file-decompress-btn").click()
