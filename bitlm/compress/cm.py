@@ -149,17 +149,20 @@ class CMState:
         self.match_table = np.zeros(1 << (tb - 1), dtype=np.int32)        # flat index + 1 of a byte that followed
         self.match_sm = np.full(2 * 64, 1 << 31, dtype=np.uint32)
         self.lane = np.zeros((lanes, LANE_FIELDS), dtype=np.int64)
-        self.params = np.asarray(params, dtype=np.int64)
+        self.params = np.array(params, dtype=np.int64)                 # a copy: never the module's PARAMS
         w1 = np.zeros((4 * 256, N_IN), dtype=np.int32)          # by the model's recent error × partial byte
         w1[:, :NCTX] = params[3]
         w1[:, I_MATCH] = params[3]
         w1[:, I_NEURAL] = params[4]
-        self.w1 = w1
+        self.w1 = w1.copy()
+        for b in range(4):                       # mixer 1 trusts the model as far as its recent error says
+            self.w1[b * 256:(b + 1) * 256, I_NEURAL] = (4 * params[4]) >> b
         self.w2 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS2, N_IN)))
         self.w3 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS3, N_IN)))
         self.w4 = np.ascontiguousarray(np.broadcast_to(w1[:1], (256 * 8, N_IN)))
         self.indirect = np.zeros(256 + 65536, dtype=np.int64)    # the 2 bytes that last followed each 1- and 2-byte context
-        self.wf = np.full((8, 4), 65536 // 4, dtype=np.int32)      # the final mixer of the three, by bit position
+        self.wf = np.full((32, 5), 65536 // 4, dtype=np.int32)
+        self.wf[:, 4] = 0      # the final mixer of the three, by bit position
         ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
@@ -380,8 +383,9 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 p1 = _squash(d1)
                 p2 = _squash(d2)
                 p3 = _squash(d3)
-                sf = bit
-                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2]) + d4 * np.int64(wf[sf, 3])) >> 16
+                sf = bit | ((0 if not has_neural else min(nerr >> 9, 3)) << 3)
+                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2]) + d4 * np.int64(wf[sf, 3])
+                      + xs[I_NEURAL] * np.int64(wf[sf, 4])) >> 16
                 sm = min(max(sm, -2047), 2047)
                 pm = _squash(sm)
                 # ---- two APM stages
@@ -410,15 +414,17 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                     x1 = (x1 << 8) & 0xFFFFFFFF
                     x2 = ((x2 << 8) & 0xFFFFFFFF) | 255
                 # ---- learn
-                e1 = ((y << 12) - p1) * lr
-                e2 = ((y << 12) - p2) * lr
-                e3 = ((y << 12) - p3) * lr
+                lr_t = lr + (lr * 2048) // (j * lanes + lane + 256)     # faster while little is known
+                e1 = ((y << 12) - p1) * lr_t
+                e2 = ((y << 12) - p2) * lr_t
+                e3 = ((y << 12) - p3) * lr_t
                 ef = ((y << 12) - pm) * params[7]
                 wf[sf, 0] = np.int32(min(max(np.int64(wf[sf, 0]) + ((d1 * ef) >> 16), -(1 << 22)), 1 << 22))
                 wf[sf, 1] = np.int32(min(max(np.int64(wf[sf, 1]) + ((d2 * ef) >> 16), -(1 << 22)), 1 << 22))
                 wf[sf, 2] = np.int32(min(max(np.int64(wf[sf, 2]) + ((d3 * ef) >> 16), -(1 << 22)), 1 << 22))
                 wf[sf, 3] = np.int32(min(max(np.int64(wf[sf, 3]) + ((d4 * ef) >> 16), -(1 << 22)), 1 << 22))
-                e4 = ((y << 12) - p4) * lr
+                wf[sf, 4] = np.int32(min(max(np.int64(wf[sf, 4]) + ((xs[I_NEURAL] * ef) >> 16), -(1 << 22)), 1 << 22))
+                e4 = ((y << 12) - p4) * lr_t
                 for i in range(N_IN):
                     w4[s4, i] = np.int32(min(max(np.int64(w4[s4, i]) + ((xs[i] * e4) >> 16), -(1 << 22)), 1 << 22))
                     w3[s3, i] = np.int32(min(max(np.int64(w3[s3, i]) + ((xs[i] * e3) >> 16), -(1 << 22)), 1 << 22))
