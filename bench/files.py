@@ -9,6 +9,7 @@ binaries no more than the header over the best classic.
 
     python -m bench.files                         # the shipped model, every file (minutes: the model codes ~1.5 KB/s)
     python -m bench.files --bytes 16384 --only json log --check
+    python -m bench.files --set validation       # files of the same kinds that cm's tuning never saw
 """
 import argparse
 import bz2
@@ -48,19 +49,21 @@ def main() -> None:
     p.add_argument("--bytes", type=int, default=test_files.SLICE, help="bytes per file (default %(default)s)")
     p.add_argument("--only", nargs="*", help="file names (default: all)")
     p.add_argument("--check", action="store_true", help="also decompress every choice and compare")
+    p.add_argument("--set", default="bench", choices=["bench", "validation"],
+                   help="bench (default): the files cm was tuned on; validation: others of the same kinds")
     args = p.parse_args()
     torch.set_num_threads(1)
     _, model = load_model_arg(p, args.model)
     model.eval()
     print(f"machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, 1 thread; "
           f"{args.bytes} bytes a file")
-    missing = test_files.missing_files()
+    missing = test_files.missing_files(args.set)
     if missing:
         print("not on this machine (left out):", ", ".join(missing))
     head = f"{'file':17s} {'n':>6s} {'nn+cm':>6s} {'cm':>6s} {'neural':>6s} {'chosen':>14s}"
     first = True
     worst_text = 0.0
-    for name, (kind, data) in test_files.files(args.only).items():
+    for name, (kind, data) in test_files.files(args.only, args.set).items():
         data = data[:args.bytes]
         t0 = time.perf_counter()
         result = container.compress_file(data, model)

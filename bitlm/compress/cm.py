@@ -15,11 +15,13 @@ comes from models that learn from the file while it is coded, in the manner of l
   and that bit;
 - for `neural+cm`, the model's exact probability of the bit given the bits of the byte so far: a ratio
   of integer sums of the exact predictor's 256 byte frequencies (`bitlm.compress.exact`);
-- four logistic mixers (stretch → weighted sum → squash) whose weights follow the coding error, each
-  with its weight set chosen by another small context (the partial byte × the model's recent error;
-  match length × the model's confidence × bit position; how many contexts were seen before × bit
-  position; the last byte × bit position), a final mixer of the four by bit position, then two APM/SSE
-  stages (by partial byte, and by partial byte × the last byte) blended with it as (p + a1 + 2·a2) / 4.
+- four logistic mixers (stretch → weighted sum → squash) whose weights follow the coding error (faster
+  while little is known: rate × (1 + 2048 / (bytes coded + 256))), each with its weight set chosen by
+  another small context (the partial byte × the model's recent error, where a set starts trusting the
+  model as far as that error says; match length × the model's confidence × bit position; how many
+  contexts were seen before × bit position; the last byte × bit position), a final mixer of the four
+  and the model's input by bit position × the model's recent error, then two APM/SSE stages (by
+  partial byte, and by partial byte × the last byte) blended with it as (p + a1 + 2·a2) / 4.
 
 Every constant and rate in PARAMS and above was chosen by measuring on `bench/test_files.py`'s files
 (the numbers beside each say what else was tried); changing one changes every stream, so it needs a
@@ -160,13 +162,21 @@ class CMState:
         self.w2 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS2, N_IN)))
         self.w3 = np.ascontiguousarray(np.broadcast_to(w1[:1], (SETS3, N_IN)))
         self.w4 = np.ascontiguousarray(np.broadcast_to(w1[:1], (256 * 8, N_IN)))
-        self.indirect = np.zeros(256 + 65536, dtype=np.int64)    # the 2 bytes that last followed each 1- and 2-byte context
+        # the 2 bytes that last followed each 1-byte and each 2-byte context
+        self.indirect = np.zeros(256 + 65536, dtype=np.int64)
         self.wf = np.full((32, 5), 65536 // 4, dtype=np.int32)
         self.wf[:, 4] = 0      # the final mixer of the three, by bit position
         ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
         self.coder = np.array([0, 0xFFFFFFFF, 0, 0], dtype=np.int64)     # x1, x2, x (decoder), byte position
+
+    def run(self, j0: int, j1: int, cum: np.ndarray, decode: bool, buf: np.ndarray) -> None:
+        """Code steps j0…j1-1 of every lane: encode from `hist` into `buf`, or decode from `buf` into
+        `hist` (one compiled kernel does both, so the two cannot drift apart)."""
+        _code(self.lanes, self.L, self.lens, self.hist, j0, j1, cum, cum.shape[1] > 0, decode, buf, self.coder,
+              self.tables, self.history_maps, self.match_table, self.match_sm, self.lane, self.w1, self.w2, self.w3,
+              self.w4, self.wf, self.indirect, self.apm1, self.apm2, self.params, STRETCH, DT)
 
     @property
     def nbytes(self) -> int:
@@ -193,9 +203,7 @@ class Encoder:
         room = int(st.coder[3]) + 13 * st.lanes * (j1 - j0) + 16     # ≤ 12 bits a bit (p is within 1…4095)
         if room > len(self.buf):
             self.buf = np.concatenate([self.buf, np.zeros(max(room, 2 * len(self.buf)) - len(self.buf), np.uint8)])
-        _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, False, self.buf, st.coder,
-              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.w4, st.wf, st.indirect, st.apm1, st.apm2, st.params,
-              STRETCH, DT)
+        st.run(j0, j1, cum, False, self.buf)
 
     def finish(self) -> bytes:
         """The payload: what was coded, then x1's top byte (followed by the decoder's 0xFF padding it
@@ -221,9 +229,7 @@ class Decoder:
 
     def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
         st = self.state
-        _code(st.lanes, st.L, st.lens, st.hist, j0, j1, cum, cum.shape[1] > 0, True, self.payload, st.coder,
-              st.tables, st.history_maps, st.match_table, st.match_sm, st.lane, st.w1, st.w2, st.w3, st.w4, st.wf, st.indirect, st.apm1, st.apm2, st.params,
-              STRETCH, DT)
+        st.run(j0, j1, cum, True, self.payload)
 
     def finish(self, name: str) -> bytes:
         """The decoded bytes (lane-major). Raises NeuralCodecError when the decoder did not read exactly
@@ -277,8 +283,9 @@ def _apm(t, ctx, s):
 
 
 @_jit
-def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, history_maps, match_table, match_sm,
-          lane_state, w1, w2, w3, w4, wf, indirect, apm1, apm2, params, stretch, dt):
+def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tables, history_maps, match_table,
+          match_sm, lane_state, w1, w2, w3, w4, wf, indirect, apm1, apm2, params, stretch, dt):
+    """The coder's loop over steps j0…j1-1 of every lane (see `CMState.run`); every array is updated in place."""
     tmask = tables.shape[1] - 1
     mmask = match_table.shape[0] - 1
     lr, limit, mlimit, apm_rate, hlimit = params[0], params[1], params[2], params[5], params[6]
@@ -384,7 +391,8 @@ def _code(lanes, L, lens, hist, j0, j1, cum, has_neural, decode, buf, coder, tab
                 p2 = _squash(d2)
                 p3 = _squash(d3)
                 sf = bit | ((0 if not has_neural else min(nerr >> 9, 3)) << 3)
-                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2]) + d4 * np.int64(wf[sf, 3])
+                sm = (d1 * np.int64(wf[sf, 0]) + d2 * np.int64(wf[sf, 1]) + d3 * np.int64(wf[sf, 2])
+                      + d4 * np.int64(wf[sf, 3])
                       + xs[I_NEURAL] * np.int64(wf[sf, 4])) >> 16
                 sm = min(max(sm, -2047), 2047)
                 pm = _squash(sm)
