@@ -117,3 +117,15 @@ def test_damaged_payload_never_hangs_and_is_named(fitted):
     bad[h.size + 40] ^= 0x10
     with pytest.raises(CodecError, match="damaged"):
         nc.decompress_file(bytes(bad), None)
+
+
+def test_a_payload_that_runs_out_stops_early():
+    """A 20-byte cm payload behind a valid header claiming 10 MB stops as soon as the payload is spent,
+    long before 10 MB are decoded (it would take seconds)."""
+    data = b"abc" * 4000
+    blob = nc.compress_file(data, None, methods=("cm",)).blob
+    h = read_header(blob)
+    forged = pack_header(nc.CM, 10_000_000, h.crc) + blob[h.size:h.size + 20]
+    with pytest.raises(CodecError, match="ran out at byte (\\d+)") as e:
+        nc.decompress_file(forged, None)
+    assert int(e.value.args[0].split("ran out at byte ")[1].split()[0]) <= 1 << 16    # the first call of the kernel

@@ -215,11 +215,14 @@ class Encoder:
 
 class Decoder:
     """The inverse of `Encoder`: `code(j0, j1, cum)` decodes steps j0…j1-1 into `state.hist`; the
-    payload is read as if padded with 0xFF, so damage yields other bytes here, never an error or a
-    longer loop; `finish(name)` then insists that exactly the payload was consumed."""
+    payload is read as if padded with 0xFF, so damage yields other bytes, never a longer loop. The
+    decoder never reads more than 3 bytes past what the encoder had written at the same point, so
+    `code` stops a payload that runs out early (a truncated or damaged file claiming a long original
+    costs about as much work as its payload, not its claim), and `finish()` insists that exactly the
+    payload was consumed. name: the method, for messages."""
 
-    def __init__(self, payload: bytes, lanes: int, L: int, lens: np.ndarray) -> None:
-        self.n = int(np.sum(lens))
+    def __init__(self, payload: bytes, lanes: int, L: int, lens: np.ndarray, name: str = "cm") -> None:
+        self.n, self.name = int(np.sum(lens)), name
         self.state = CMState(self.n, lanes, L, lens)
         self.payload = np.frombuffer(payload, dtype=np.uint8).copy()   # writable: one compiled kernel codes both ways
         x = 0
@@ -228,16 +231,18 @@ class Decoder:
         self.state.coder[2], self.state.coder[3] = x, 4
 
     def code(self, j0: int, j1: int, cum: np.ndarray = NO_MODEL) -> None:
-        st = self.state
-        st.run(j0, j1, cum, True, self.payload)
+        """Decode steps j0…j1-1. Raises NeuralCodecError once the payload has run out."""
+        self.state.run(j0, j1, cum, True, self.payload)
+        if int(self.state.coder[3]) - 3 > len(self.payload):
+            raise NeuralCodecError(f"{DAMAGED} or truncated: the {self.name} payload ran out at byte {j1} of its lanes")
 
-    def finish(self, name: str) -> bytes:
+    def finish(self) -> bytes:
         """The decoded bytes (lane-major). Raises NeuralCodecError when the decoder did not read exactly
         the payload (it reads 3 bytes past the encoder's last write)."""
         used = int(self.state.coder[3]) - 3
         if used != len(self.payload):
             what = "is truncated" if used > len(self.payload) else f"has {len(self.payload) - used} bytes too many"
-            raise NeuralCodecError(f"{DAMAGED}: the {name} payload {what}")
+            raise NeuralCodecError(f"{DAMAGED}: the {self.name} payload {what}")
         return self.state.hist.tobytes()
 
 
@@ -259,7 +264,7 @@ def cm_decode(payload: bytes, n: int, on_progress: Progress | None = None) -> by
         dec.code(s, min(s + _STEP, n))
         if on_progress is not None:
             on_progress(min(s + _STEP, n), n)
-    return dec.finish("cm")
+    return dec.finish()
 
 
 def neural_cumulative(freq: np.ndarray) -> np.ndarray:

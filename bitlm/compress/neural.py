@@ -168,7 +168,7 @@ def model_decode(model: BitTransformerLM, payload: bytes, n: int, coder: str = "
         decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         out = np.zeros((lanes, L), dtype=np.uint8)
     else:
-        mixer = cm.Decoder(payload, lanes, L, lens)
+        mixer = cm.Decoder(payload, lanes, L, lens, coder)
         out = mixer.state.hist.reshape(lanes, L)
     prev = None
     with torch.no_grad():
@@ -189,5 +189,5 @@ def model_decode(model: BitTransformerLM, payload: bytes, n: int, coder: str = "
     if coder == "neural" and not decoder.maybe_exhausted():
         raise NeuralCodecError(f"{DAMAGED}: the neural payload holds more data than its length needs")
     if coder != "neural":
-        return mixer.finish(coder)[:n]
+        return mixer.finish()[:n]
     return out.reshape(-1)[:n].tobytes()
