@@ -2,6 +2,7 @@
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,18 @@ def test_telemetry_figure_draws_validation_k_c_s():
                               {"step": 40, "val_K": 0.3, "val_C": 0.7, "val_S": 0.7,
                                "telemetry_alert": "telemetry drift since step 20: K 0.200 → 0.300"}])
     fig = plots.telemetry_figure(df)
-    assert [t.name for t in fig.data] == ["K (certainty)", "C (novelty)", "S (symbiosis)"]
+    assert [t.name for t in fig.data] == ["K (negentropy)", "C (complexity)", "S (symbiosis)"]
     assert list(fig.data[0].x) == [20, 40] and list(fig.data[2].y) == [0.6, 0.7]
     assert plots.telemetry_figure(plots.metrics_frame([])).layout.annotations[0].text == "no data yet"
+
+
+def test_one_name_per_metric_on_every_tab():
+    """K, C and S go by one name each wherever the app writes "K (…)", "C (…)" or "S (…)": the one in
+    plots.METRIC_NAMES (the Train chart once said certainty and novelty, the gate chart surprise)."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    wanted = {name.split(" (")[1].rstrip(")") for name in plots.METRIC_NAMES.values()}
+    for path in [root / "app.py", *sorted((root / "bitlm" / "app").glob("*.py"))]:
+        for letter, word in re.findall(r"\b([KCS]) \(([A-Za-z]+)", path.read_text(encoding="utf-8")):
+            if word not in ("and", "the"):
+                assert word in wanted, f"{path.name}: {letter} ({word}"

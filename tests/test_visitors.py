@@ -116,7 +116,7 @@ def test_training_run_end_to_end(a, tmp_path):
     assert status.startswith("✓ Training finished at step 20/20"), status
     assert table["step"].tolist() == [20, 10] and timer.active is False  # newest first
     assert {t.name for t in loss.data} >= {"raw", "compressed", "direct (reads stream)"}
-    assert [t.name for t in kcs.data] == ["K (certainty)", "C (novelty)", "S (symbiosis)"]  # the validation at 20
+    assert [t.name for t in kcs.data] == ["K (negentropy)", "C (complexity)", "S (symbiosis)"]  # the validation at 20
 
     files, status = a.api.export_csv(a.state, a.request)
     assert status.startswith("✓") and pd.read_csv(files[0])["step"].tolist() == [10, 20]

@@ -134,7 +134,7 @@ class Endpoints:
     def telemetry(self, source: Any = "text below", text: Any = "Hello, world!", view: Any = "decompressed bits",
                   layer: Any = 0, head: Any = 0, visitor: Visitor | None = None,
                   request: gr.Request | None = None) -> tuple:
-        """K (negentropy), C (Lempel-Ziv complexity), S (symbiosis), per-position predictions and attention
+        """K (negentropy), C (complexity: Lempel-Ziv), S (symbiosis), per-position predictions and attention
         of the model on a text or on your last generation.
 
         Args:

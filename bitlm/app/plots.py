@@ -24,6 +24,10 @@ METRIC_COLUMNS = (
 SIDES = (("raw", "raw", "#1f77b4"), ("compressed", "compressed", "#ff7f0e"),
          ("direct", "direct (reads stream)", "#2ca02c"), ("val", "validation", "#7f7f7f"))
 
+# One name per telemetry number, the same on every tab and chart (SPEC §4), and what a low value means.
+METRIC_NAMES = {"K": "K (negentropy)", "C": "C (complexity)", "S": "S (symbiosis)"}
+LOW_MEANS = {"C": "low = a loop", "S": "low = letter soup"}
+
 # One line per telemetry number, shown next to the value in the UI (SPEC §4).
 TELEMETRY_EXPLAINED = {
     "K": "negentropy of the bits: 1 − H(mean bit); 1 = all bits equal, 0 = as many ones as zeros (order)",
@@ -207,7 +211,8 @@ def empty_figure(message: str) -> go.Figure:
 
 
 # The gate's chart: C and S over the output, their floors, and the spans where the gate acted.
-GATE_SERIES = (("C", "C (repetition: low = a loop)", "#1f77b4"), ("S", "S (surprise: low = letter soup)", "#2ca02c"))
+GATE_SERIES = (("C", f"{METRIC_NAMES['C']}: {LOW_MEANS['C']}", "#1f77b4"),
+               ("S", f"{METRIC_NAMES['S']}: {LOW_MEANS['S']}", "#2ca02c"))
 GATE_ACTIONS = {"warn": ("marked (warn)", "#ff7f0e"), "retry": ("resampled (retry)", "#9467bd"),
                 "stop": ("stopped", "#d62728")}
 
@@ -255,5 +260,5 @@ def gate_figure(trace: Sequence[Sequence[float]], floors: Mapping[str, float], e
 def telemetry_figure(df: pd.DataFrame) -> go.Figure:
     """K, C and S of the validation batch at each validation (`val_K`, `val_C`, `val_S`): a jump between two
     validations is what the training log's telemetry alert reports."""
-    return _line_figure(df, [("val_K", "K (certainty)", "#d62728"), ("val_C", "C (novelty)", "#1f77b4"),
-                             ("val_S", "S (symbiosis)", "#2ca02c")], "Validation telemetry", "K, C, S")
+    return _line_figure(df, [("val_K", METRIC_NAMES["K"], "#d62728"), ("val_C", METRIC_NAMES["C"], "#1f77b4"),
+                             ("val_S", METRIC_NAMES["S"], "#2ca02c")], "Validation telemetry", "K, C, S")

@@ -177,7 +177,8 @@ def compress_file(data: bytes, model: BitTransformerLM | None, methods: tuple[st
             except UnsupportedModelError as e:
                 skipped = str(e)
     if not blobs:
-        raise NeuralCodecError(f"the model methods could not run ({skipped}) and no other method was asked for")
+        raise NeuralCodecError(f"the {' and '.join(model_coders)} method{'s' if len(model_coders) > 1 else ''} could "
+                               f"not run ({skipped}) and no other method was asked for")
     best = min(blobs, key=lambda name: (len(blobs[name]), METHODS.index(name)))
     return CompressResult(blobs[best], best, len(data), {k: len(v) for k, v in blobs.items()}, ideal, skipped)
 
