@@ -84,3 +84,13 @@ def test_relative_links_lead_somewhere(path):
     text = path.read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+
+
+def test_the_api_list_names_every_endpoint():
+    """docs/app.md's API paragraph lists every `api_name` app.py wires (it once lacked the file endpoints)."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    wired = set(re.findall(r'api_name="([a-z_]+)"', (root / "app.py").read_text(encoding="utf-8")))
+    api = (root / "docs" / "app.md").read_text(encoding="utf-8").split("- **API.**")[1].split("- **")[0]
+    listed = set(re.findall(r"`([a-z_]+)`", api))
+    assert wired and wired <= listed, sorted(wired - listed)
