@@ -43,6 +43,7 @@ def test_file_round_trip_and_table(tiny_model, tmp_path, out):
     result = codec_tab.compress_upload(tiny_model, upload(write(tmp_path, "notes.bin", DATA)), "ignored", out,
                                   lambda fraction, what: calls.append(fraction))
     assert result.status.startswith("✓") and result.path == str(out / "notes.bin.blm"), result.status
+    assert "“notes.bin.blm” above" in result.status          # the file boxes sit above the status line
     blob = open(result.path, "rb").read()
     assert container.read_header(blob).method_name in result.status
     table = result.table

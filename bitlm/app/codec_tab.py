@@ -210,7 +210,7 @@ def compress_upload(app_model: AppModel, upload: Any, text: Any, out_dir: str | 
     sizes = {m: result.sizes[m] for m in order if m in result.sizes}
     status = ok(f"“{name}”: {n:,} bytes → {len(result.blob):,} bytes with **{result.method}** "
                 f"({result.bits_per_byte:.3f} bits/byte, header included) in {seconds:.1f} s. Download "
-                f"“{out.name}” below; decompress it here"
+                f"“{out.name}” above; decompress it here"
                 + (" with this same model." if result.method in MODEL_METHOD_NAMES else " (no model needed: it is "
                                                                                           f"{result.method})."))
     if not neural:
@@ -259,4 +259,4 @@ def decompress_upload(app_model: AppModel, upload: Any, out_dir: str | Path,
     out.write_bytes(data)
     return FileCodecResult(str(out), plots.file_codec_table({}, 0, ""),
                            ok(f"“{name}” ({len(blob):,} bytes, {header.method_name}) → {len(data):,} bytes in "
-                              f"{seconds:.1f} s, CRC-32 checked. Download “{out.name}” below."))
+                              f"{seconds:.1f} s, CRC-32 checked. Download “{out.name}” above."))
