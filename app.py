@@ -250,6 +250,8 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
                             api_name="compress_file", concurrency_limit=2, **RAW)
     file_decompress_btn.click(api.decompress_file, [blm_in, visitor], [restored, file_status],
                               api_name="decompress_file", concurrency_limit=2, **RAW)
+    # the methods table speaks of the last file compressed: a decompression (or its error) clears it
+    file_decompress_btn.click(lambda: plots.file_codec_table({}, 0, ""), None, file_table, api_visibility="private")
 
 
 def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small", run_root: str | Path = "runs",

@@ -248,6 +248,7 @@ def test_codec_tab_compresses_and_restores_a_file(page, tmp_path):
     page.locator("#file-decompress-btn").click()
     page.locator('#restored a[download="notes.bin"]').wait_for(timeout=60_000)
     assert text_of(page, "file-status").startswith("✓")
+    page.locator("#file-table").get_by_text("lzma", exact=True).wait_for(state="detached")   # no stale table
     (tmp_path / "back").mkdir()
     restored = download_from(page, "restored", "notes.bin", tmp_path / "back")
     assert restored.read_bytes() == original.read_bytes()
