@@ -13,7 +13,8 @@ and the exact path's cross-entropy (Σ -log2 of its coded frequencies) beside th
 kernel (kernel="torch": float64 torch attention over float64 rings, the code before issue 20) and the
 numba kernel (int16 rings), with 1 and 2 threads, beside zpaq -m5, and the ratios new / old (the streams
 of both kernels are checked to be the same bytes). --profile: where one decode step's time goes (64
-lanes, full ring, 1 thread unless --threads): attention, linear layers (the float64 matmuls), the rest.
+lanes, full ring, 1 thread unless --threads): attention, linear layers (the float64 matmuls), the rest
+(with more threads only the total: the parts would add up the threads' times).
 
     python -m bench.neural_codec --bytes 100000 1000000
     python -m bench.neural_codec --model runs/v2/best --bytes 20000 --skip-float-above 0
@@ -135,7 +136,7 @@ def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[
     out = {}
     numba_pred = exact.ExactPredictor(model, kernel="numba")
     state_n = _full_state(numba_pred, lanes, split)
-    for kernel in ("torch", "numba"):
+    for kernel in ("numba", "torch"):       # the reference last: its idle OpenMP threads spin a while
         pred = numba_pred if kernel == "numba" else exact.ExactPredictor(model, kernel="torch")
         state = state_n
         if kernel == "torch":                           # the same context in the reference's float64 rings
@@ -248,6 +249,8 @@ def main() -> None:
           f"pos={model.config.pos}); text: {args.corpus} held-out split ({len(split):,} bytes)")
     if args.profile:
         for kernel, parts in profile_step(model, split).items():
+            if torch.get_num_threads() > 1:           # the parts would add up the threads' times
+                parts = {"total": parts["total"]}
             print(f"decode step, {torch.get_num_threads()} thread(s), kernel {kernel}: " +
                   ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()), flush=True)
         return

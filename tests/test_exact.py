@@ -209,6 +209,9 @@ def test_memory_per_lane_and_for_the_decoder():
     state = exact.LaneState(pred, 64)
     assert state.nbytes() == 64 * per_lane + c.window * 8 + 64 * c.n_layer == 100_665_728
     assert all(a.dtype == np.int16 for a in state.ring_k + state.ring_v)
+    pred.frequencies(state, None, 1)                            # a decode step's buffers
+    C, F = c.n_embd, pred.blocks[0].fc.w.size(0)
+    assert state.scratch_bytes() == 64 * (8 * (9 * C + 2 * F + 256) + 4 * C) == 64 * 37_888
     ref = exact.ExactPredictor(model, kernel="torch")
     assert exact.LaneState.bytes_per_lane(ref) == 4 * per_lane == 6_291_456
     assert exact.LaneState(ref, 2).nbytes() == 2 * 4 * per_lane + c.window * 8

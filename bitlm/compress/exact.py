@@ -45,9 +45,9 @@ matters; tests/test_golden.py pins the streams of the shipped model and a tiny m
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -262,14 +262,17 @@ class LaneState:
     slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index.
 
     Memory. With the numba kernel (the CPU default) keys and values are int16, (lanes, H, hd, window)
-    per layer: 2 · layers · window · n_embd · 2 bytes per lane (`bytes_per_lane`; 1.57 MB for the shipped
-    6 × 256 model with its 256-slot window, a quarter of the float64 rings of the torch path, 6.3 MB),
-    so 64 lanes hold 100.7 MB. A lane whose key or value ever leaves int16 (never seen on real input;
-    see `ExactPredictor` for why it can happen) gets an int32 copy of that layer's ring (int64 when a
-    clamp exceeds int32), allocated for all lanes of that layer the first time: at most 3× the int16
-    figure. Besides: `ring_pos` (window · 8 bytes), one byte per lane and layer (`wide`), and per chunk
-    size the step's scratch buffers (`scratch_bytes`, ~40 KB per lane for a one-slot step of the
-    shipped model). `nbytes()` is what the rings and flags hold now."""
+    per layer: 2 · layers · window · n_embd · 2 bytes per lane (`bytes_per_lane`: 1.57 MB for the shipped
+    6 × 256 model with its 256-slot window, a quarter of the torch path's float64 rings, 6.3 MB), so 64
+    lanes hold 100.7 MB. A lane whose key or value ever leaves int16 (never seen on real input; see the
+    module docstring) gets an int32 copy of that layer's ring (int64 when a clamp exceeds int32), allocated
+    for all lanes of that layer the first time: at most 3× the int16 figure. Besides: `ring_pos` (window ·
+    8 bytes) and one byte per lane and layer (`wide`) — `nbytes()` is all of it now — and the buffers of
+    a chunk of Q slots (`scratch_bytes`): lanes · Q · (8 · (9 · n_embd + 2 · fc width + 256) + 4 · n_embd)
+    bytes, 37 888 a lane for a decode step of the shipped model (2.4 MB for 64 lanes; the encoder's
+    16-slot chunks: 38.8 MB). The whole 64-lane decoder of the shipped model: 100.7 MB of rings, 2.4 MB of
+    buffers, the predictor's float64 weights (38.3 MB) and the float model it was derived from (19.5 MB).
+    """
 
     def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
         self.lanes, self.pos = lanes, 0
@@ -331,8 +334,11 @@ class LaneState:
 class ExactPredictor:
     """Integer re-expression of a factorized ALiBi `BitTransformerLM` (see the module docstring).
 
-    `ExactPredictor.of(model)` derives it (cached per model); `frequencies(state, prev)` advances
-    lanes by a chunk of slots and returns each slot's 256 integer byte frequencies."""
+    `ExactPredictor.of(model)` derives it (cached per model, device and kernel); `frequencies(state, prev)`
+    advances lanes by a chunk of slots and returns each slot's 256 integer byte frequencies. kernel:
+    "numba" (the CPU default, DEFAULT_KERNEL) or "torch" (the float64 reference; any device); both give
+    the same integers. threads: how many threads a numba step splits its lanes among (None: torch's
+    thread count at each call); never changes a result."""
 
     def __init__(self, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None,
                  threads: int | None = None) -> None:
@@ -341,6 +347,7 @@ class ExactPredictor:
         if kernel not in (None, "numba", "torch"):
             raise ValueError(f"kernel must be 'numba', 'torch' or None (the default), got {kernel!r}")
         self.threads = threads
+        self._rates: dict[int, list[float]] = {}      # per thread count: each thread's lanes per second
         if c.local != "factorized":
             raise UnsupportedModelError(f"the exact path needs the factorized local model, not {c.local!r}")
         if c.pos != "alibi":
@@ -543,19 +550,31 @@ class ExactPredictor:
         return sc
 
     def _run(self, fn, args: tuple, B: int, T: int) -> None:
-        """fn(*args, b0, b1) over lane ranges [b0, b1) covering B lanes, on this thread and T - 1 pool
-        threads, which take the T blocks of lanes as they come free (so a thread the machine keeps busy
-        elsewhere only takes fewer). Lanes are independent: any split gives the same bits."""
-        cuts = [B * i // T for i in range(T + 1)]
-        blocks = itertools.count()
+        """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, the first on this thread,
+        the others on pool threads. The ranges follow each thread's measured speed (lanes per second,
+        smoothed over steps), so a thread the machine keeps busy elsewhere gets fewer lanes instead of
+        holding the step up. Lanes are independent: any split gives the same bits."""
+        rates = self._rates.get(T)
+        if rates is None:
+            rates = self._rates[T] = [1.0] * T
+        sizes = [max(1, int(B * r / sum(rates))) for r in rates]
+        sizes[0] = B - sum(sizes[1:])
+        if sizes[0] < 1:
+            sizes = [B // T + (i < B % T) for i in range(T)]
+        cuts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        took = [0.0] * T
 
-        def work() -> None:
-            while (i := next(blocks)) < T:
-                fn(*args, cuts[i], cuts[i + 1])
-        futs = [_pool(T - 1).submit(work) for _ in range(T - 1)]
-        work()
+        def block(i: int) -> None:
+            t0 = time.perf_counter()
+            fn(*args, cuts[i], cuts[i + 1])
+            took[i] = time.perf_counter() - t0
+        futs = [_pool(T - 1).submit(block, i) for i in range(1, T)]
+        block(0)
         for f in futs:
             f.result()
+        for i in range(T):                  # lanes per second, smoothed
+            rates[i] = 0.7 * rates[i] + 0.3 * sizes[i] / max(took[i], 1e-6) if rates[i] != 1.0 else \
+                sizes[i] / max(took[i], 1e-6)
 
     def _lanes(self, ctx: tuple, l0: int, l1: int) -> None:
         """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the float64
