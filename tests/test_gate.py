@@ -107,6 +107,8 @@ def test_describe_says_what_the_gate_did():
     assert describe([GateEvent(5, 40, "S", 0.3, 0.6, "warn")], False) == \
         "text the model finds unlikely (letter soup) from byte 5: marked 1 span"
     assert describe([], False) == ""
+    two = [GateEvent(24, 88, "C", 0.2, 0.6, "retry", 1.0), GateEvent(1040, 1104, "C", 0.2, 0.6, "retry", 1.4)]
+    assert describe(two, False) == "repetition loops from bytes 24 and 1,040: retried twice"
 
 
 def test_floors_file_round_trip_and_errors(tmp_path, floors):

@@ -155,12 +155,21 @@ class Gate:
 
 def describe(events: list[GateEvent], stopped: bool) -> str:
     """The gate's actions in plain words, e.g. "a repetition loop from byte 212: retried twice, then
-    stopped". Empty when nothing triggered."""
+    stopped", or "repetition loops from bytes 24 and 1,040: retried twice" when they were two. Empty
+    when nothing triggered."""
     if not events:
         return ""
-    kinds = {"C": "a repetition loop", "K": "a run of uniform bits", "S": "text the model finds unlikely (letter soup)"}
-    first = events[0]
-    what = f"{kinds[first.metric]} from byte {first.start}"
+    kinds = {"C": ("a repetition loop", "repetition loops"), "K": ("a run of uniform bits", "runs of uniform bits"),
+             "S": ("text the model finds unlikely (letter soup)", "spans the model finds unlikely (letter soup)")}
+    starts: dict[str, list[int]] = {}
+    for e in events:                             # a retried span triggers again from the same byte: one trigger
+        if e.start not in starts.setdefault(e.metric, []):
+            starts[e.metric].append(e.start)
+    whats = []
+    for metric, at in starts.items():
+        one, many = kinds[metric]
+        places = ", ".join(f"{b:,}" for b in at[:-1]) + (" and " if len(at) > 1 else "") + f"{at[-1]:,}"
+        whats.append(f"{one} from byte {places}" if len(at) == 1 else f"{many} from bytes {places}")
     retries = sum(e.action == "retry" for e in events)
     warns = sum(e.action == "warn" for e in events)
     parts = []
@@ -170,7 +179,7 @@ def describe(events: list[GateEvent], stopped: bool) -> str:
         parts.append("retried " + {1: "once", 2: "twice"}.get(retries, f"{retries} times"))
     if stopped:
         parts.append("then stopped" if retries else "stopped")
-    return f"{what}: {', '.join(parts)}"
+    return f"{'; '.join(whats)}: {', '.join(parts)}"
 
 
 # ------------------------------------------------------------------------------- floors on disk
