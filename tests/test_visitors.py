@@ -378,3 +378,17 @@ def test_uploaded_text_trains(a, tmp_path):
     assert a.start(steps=10, corpus="uploaded .txt", upload=upload_of(path)).startswith("✓")
     finish(a, 60)
     assert a.status()[4]["step"].tolist() == [10]
+
+
+def test_a_short_upload_suggests_a_model_size_only_when_one_fits(a, tmp_path):
+    """tiny is the smallest size: its refusal asks for a longer text only; a text that fits tiny but not
+    small is told to pick tiny."""
+    path = tmp_path / "upload.txt"
+    path.write_bytes(b"abcdef")
+    status = a.start(corpus="uploaded .txt", upload=upload_of(path, "mine.txt"), preset="tiny")
+    assert_friendly(status, "too short for the tiny model")
+    assert "pick the" not in status, status
+    path.write_bytes(b"To be, or not to be: that is the question. " * 2)
+    status = a.start(corpus="uploaded .txt", upload=upload_of(path, "mine.txt"), preset="small")
+    assert_friendly(status, "too short for the small model", "pick the tiny model size")
+    assert not a.running()

@@ -231,9 +231,12 @@ def _check_long_enough(corpus: Corpus, preset: str, val_fraction: float) -> None
     have = sum(len(t.encode("utf-8")) for t in train)
     if have < need:
         total = -(-need * 10 // 9) + 1
+        window = {name: -(-c.block_size // frame_bits(c.parity)) for name, (c, _) in PRESETS.items()}
+        smaller = [name for name in PRESETS if window[name] < need and window[name] <= have]
         raise InputError(f"“{corpus.name}” is too short for the {preset} model: it trains on the first 90 % of "
                          f"the text ({have:,} bytes here) and needs at least {need:,} bytes of it",
-                         f"upload a longer text (at least about {total:,} bytes), or pick a smaller model size")
+                         f"upload a longer text (at least about {total:,} bytes)"
+                         + (f", or pick the {smaller[-1]} model size" if smaller else ""))
 
 
 @dataclass
