@@ -11,6 +11,7 @@ The public endpoints are also an MCP server (/gradio_api/mcp/).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ LAUNCH_KWARGS = dict(
     max_file_size=UPLOAD_MAX_BYTES,
     mcp_server=True,
 )
+# Over MCP a tool call has no session, so each gets the visitor State's default (the shipped model, a run of
+# its own): by design (docs/app.md), so Gradio's warning that a State "will not be updated between tool
+# calls" says nothing a user can act on, at every start. Only that warning is silenced.
+warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input",
+                        category=UserWarning)
 RUN_MINUTES = float(os.environ.get("BITLM_RUN_MINUTES", "10"))
 MODEL_DIR = os.environ.get("BITLM_MODEL_DIR", "assets")
 DRAFT_CORPUS = os.environ.get("BITLM_DRAFT_CORPUS", "shakespeare")

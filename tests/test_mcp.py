@@ -45,3 +45,21 @@ def test_mcp_server_lists_the_tools_and_runs_one(url):
     assert "corpus" in by_name["train_start"].inputSchema["properties"]
     text = " ".join(getattr(c, "text", "") for c in result.content)
     assert not result.isError and "compression ratio" in text, text
+
+
+
+def test_starting_the_mcp_server_prints_no_state_warning(tmp_path):
+    """Gradio warns at every start that a tool has a gr.State input; over MCP that is by design (each call
+    is its own visitor), so `python app.py`'s start prints no such warning (and still serves MCP)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from conftest import free_port
+    code = ("import app, sys; b = app.build_demo(model_dir=sys.argv[1], run_root=sys.argv[2]); "
+            "b.launch(server_name='127.0.0.1', server_port=int(sys.argv[3]), prevent_thread_lock=True, quiet=True, "
+            "**app.LAUNCH_KWARGS); print('MCP', b.mcp_server); b.close()")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no-model"), str(tmp_path / "runs"),
+                           str(free_port())],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gr.State input" not in done.stderr and "MCP True" in done.stdout, done.stderr[-2000:]
