@@ -122,7 +122,10 @@ def test_training_run_end_to_end(a, tmp_path):
     assert status.startswith("✓") and pd.read_csv(files[0])["step"].tolist() == [10, 20]
     files, status = a.api.save_model(a.state, a.request)
     assert status.startswith("✓") and {Path(f).name for f in files} >= {"config.json", "model.safetensors"}
+    assert "metrics-app.csv" in {Path(f).name for f in files}        # saving keeps the CSV on the Downloads list
     assert BitTransformerLM.from_pretrained(str(Path(files[0]).parent)).config == PRESETS["tiny"][0]
+    files, status = a.api.export_csv(a.state, a.request)            # and exporting again keeps the model
+    assert {Path(f).name for f in files} >= {"config.json", "model.safetensors", "metrics-app.csv"}
 
 
 def test_a_visitors_trained_model_is_theirs_alone(a, b):

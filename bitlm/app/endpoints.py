@@ -276,24 +276,24 @@ class Endpoints:
     def save_model(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
         """Save your finished run's model (safetensors and config.json) for download.
 
-        Returns: the saved files and a status message.
+        Returns: the run's files for download (the model, and the metrics CSV if exported) and a status message.
         """
         run = self.trainer.finished_run(_visitor(visitor, request).id)
-        files = run.save_model()
-        return files, ok(f"Saved to `{run.run_dir / 'model'}`: load it with `BitTransformerLM.from_pretrained(...)` "
+        run.save_model()
+        return run.downloads(), ok(f"Saved to `{run.run_dir / 'model'}`: load it with `BitTransformerLM.from_pretrained(...)` "
                          "on the downloaded folder, or put its files in `assets/` to make it the app's model.")
 
     @friendly(lambda status: (None, status))
     def export_csv(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
         """Write your run's metrics so far to a CSV file for download.
 
-        Returns: the CSV file and a status message.
+        Returns: the run's files for download (the CSV, and the model if saved) and a status message.
         """
         run = self.trainer.run_of(_visitor(visitor, request).id)
         if run is None:
             return None, warn("You have no training run yet", "start one, and wait for its first log line")
         path, rows = run.export_csv()
-        return [str(path)], ok(f"{rows} rows written to `{path}`.")
+        return run.downloads(), ok(f"{rows} rows written to `{path}`.")
 
     # --------------------------------------------------------------------------------------- sessions
 

@@ -331,6 +331,14 @@ class Run:
         self.model.save_pretrained(str(target))
         return sorted(str(f) for f in target.iterdir() if f.is_file())
 
+    def downloads(self) -> list[str]:
+        """Everything of this run written for download so far: the saved model's files and the metrics CSV
+        (so saving one never takes the other off the Downloads list)."""
+        model = self.run_dir / "model"
+        files = sorted(str(f) for f in model.iterdir() if f.is_file()) if model.is_dir() else []
+        csv = self.run_dir / "metrics-app.csv"
+        return files + ([str(csv)] if csv.is_file() else [])
+
     def export_csv(self) -> tuple[Path, int]:
         """Write the metrics so far to `<run_dir>/metrics-app.csv` (atomically). Returns: (path, rows)."""
         table = plots.metrics_frame(list(self.metrics))
