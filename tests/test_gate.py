@@ -160,3 +160,19 @@ def test_gate_bench_end_to_end(tmp_path, model, capsys):
     assert "| gate warn, 16-byte window |" in text and "false-alarm rate" in text
     with pytest.raises(SystemExit):
         gate_bench.main(["--model", str(folder), "--corpus", str(corpus), "--window", "99"])
+
+
+@pytest.mark.parametrize("patience, fires_at", [(1, 23), (3, 25), (4, None)])
+def test_patience_is_how_many_checks_in_a_row_must_fall_below(patience, fires_at):
+    """A dip of exactly three checks below the S floor (bytes 16-24 coded at p = 1/2 in otherwise confident
+    text; 8-byte windows, one check a byte): patience 1 fires at the first low check, 3 at the third, 4 never
+    (ignoring patience would fire at once every time)."""
+    from bitlm.generate.gate import Gate, GateConfig, GateFloors
+    floors = GateFloors(window=8, floors={"K": -1.0, "C": -1.0, "S": 0.57}, quantile=0.01, n_windows=1)
+    gate = Gate(GateConfig("warn", floors, patience=patience), frame=8)
+    bits = np.random.default_rng(0).integers(0, 2, 8 * 40)
+    byte = np.arange(bits.size) // 8
+    sure = np.where((byte >= 16) & (byte < 24), 0.5, 0.99)          # the probability given to the actual bit
+    probs = np.where(bits == 1, sure, 1 - sure)
+    fired = [n for n in range(1, 41) if gate.due(n) and gate.check(list(bits), list(probs), n)]
+    assert (fired[0] if fired else None) == fires_at
