@@ -140,6 +140,25 @@ def test_a_visitors_trained_model_is_theirs_alone(a, b):
     assert_friendly(b.use_trained(), "no trained model")  # A's run is not B's to use
 
 
+def test_two_visitors_each_adopt_their_own_model(a, b):
+    """A and B each train and adopt a model: each generates with their own (the two differ), each's model
+    line names their own run, and neither adoption replaces the other's (a model kept anywhere but the
+    visitor's session, e.g. a module global, fails here)."""
+    shipped_bits = a.generate()
+    assert a.start(steps=20, preset="tiny", corpus="pydoc").startswith("✓")
+    finish(a)
+    assert a.use_trained().startswith("✓")
+    a_line, a_bits = a.model_line(), a.generate()
+    assert b.start(steps=20, preset="tiny", corpus="shakespeare").startswith("✓")
+    finish(b)
+    assert b.use_trained().startswith("✓")
+    b_line, b_bits = b.model_line(), b.generate()
+    assert len({shipped_bits, a_bits, b_bits}) == 3 and a_line != b_line
+    assert "pydoc" in a_line and "shakespeare" in b_line, (a_line, b_line)
+    assert a.generate() == a_bits and a.model_line() == a_line       # B's adoption left A's model alone
+    assert a.state.trained.model is not b.state.trained.model
+
+
 def test_an_adopted_model_speculates_with_a_draft_of_its_training_text(a):
     """A trained copy drafts from its run's training split (pydoc here), which only changes the speed:
     the same generation as without the draft."""
