@@ -86,11 +86,13 @@ def build_generate_tab(api: Endpoints, visitor: gr.State) -> tuple[gr.Radio, gr.
                     gen_stop_btn = gr.Button("Stop", variant="stop", elem_id="generate-stop")
             with gr.Column():
                 out_text = gr.Textbox(label="Output text", lines=5, elem_id="out-text")
-                with gr.Row():
+                # Empty states look intended: a number field shows 0 before any value, so the ratios appear
+                # with the first generation; the gate's chart only while the gate is on.
+                with gr.Row(visible=False) as ratio_row:
                     in_ratio = gr.Number(label="Input compression ratio", precision=3, elem_id="in-ratio")
                     out_ratio = gr.Number(label="Output compression ratio", precision=3, elem_id="out-ratio")
                 gen_status = gr.Markdown(label="Generation status", elem_id="gen-status")
-                gate_plot = gr.Plot(label="Safety gate", show_label=False, elem_id="gate-plot")
+                gate_plot = gr.Plot(label="Safety gate", show_label=False, elem_id="gate-plot", visible=False)
                 with gr.Accordion("Gate events", open=False):
                     gate_events = gr.JSON(label="Gate events", elem_id="gate-events")
                 out_bits = gr.Textbox(label="Output bits (one group per byte frame; bits that complete a "
@@ -102,6 +104,8 @@ def build_generate_tab(api: Endpoints, visitor: gr.State) -> tuple[gr.Radio, gr.
                                    [out_text, out_bits, in_ratio, out_ratio, gen_status, gate_plot, gate_events,
                                     visitor],
                                    api_name="generate", concurrency_limit=4, **RAW)
+    generate_btn.click(lambda: gr.Row(visible=True), None, ratio_row, api_visibility="private")
+    gate_mode.change(lambda m: gr.Plot(visible=m != "off"), gate_mode, gate_plot, api_visibility="private")
     # The message comes in a second event, after the cancel: an update the stream had in flight when
     # Stop was pressed lands before it, never over it.
     gen_stop_btn.click(None, None, None, cancels=[gen_event], api_visibility="private").then(
@@ -143,7 +147,7 @@ def build_train_tab(api: Endpoints, visitor: gr.State, model_info: gr.Markdown, 
             ratio_plot = gr.Plot(label="Compression ratio", show_label=False, elem_id="ratio-plot")
         with gr.Row():
             kcs_plot = gr.Plot(label="Validation telemetry", show_label=False, elem_id="kcs-plot")
-        metrics = gr.Dataframe(label="Metrics", max_height=300)
+        metrics = gr.Dataframe(plots.metrics_frame([]), label="Metrics", max_height=300)
         files = gr.File(label="Downloads (metrics CSV, saved model)", file_count="multiple")
         timer = gr.Timer(1.0, active=False)
 
@@ -179,7 +183,7 @@ def build_telemetry_tab(api: Endpoints, visitor: gr.State) -> None:
         tel_btn = gr.Button("Compute telemetry", variant="primary", elem_id="telemetry-btn")
         tel_summary = gr.Markdown(label="Summary")
         tel_status = gr.Markdown(label="Telemetry status", elem_id="tel-status")
-        tel_table = gr.Dataframe(label="K, C, S")
+        tel_table = gr.Dataframe(plots.telemetry_table({}), label="K, C, S")
         prob_plot = gr.Plot(label="Per-position probability and entropy", show_label=False)
         with gr.Row():
             layer = gr.Number(0, precision=0, minimum=0, label="Layer", info="from 0; clamped to the model's layers")
@@ -210,7 +214,7 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
                 stream = gr.Textbox(lines=6, label="Compressed stream (bits) — edit it and press Decompress",
                                     elem_classes="bits")
                 decompress_btn = gr.Button("Decompress")
-                codec_ratio = gr.Number(label="Compression ratio", precision=3)
+                codec_ratio = gr.Number(label="Compression ratio", precision=3, visible=False)
                 codec_status = gr.Markdown(label="Codec status")
                 codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                 codec_text = gr.Textbox(lines=2, label="Decompressed text")
@@ -219,7 +223,7 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
                     f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
         neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
         neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
-        neural_table = gr.Dataframe(label="Bits per byte on this text")
+        neural_table = gr.Dataframe(plots.bits_per_byte_table({}, 0), label="Bits per byte on this text")
         gr.Markdown(f"**Files**: compress a file (any bytes, ≤ {codec_tab.FILE_MAX_BYTES // 2**20} MB) or, without "
                     f"one, the text above into a `{codec_tab.BLM_SUFFIX}` file, with whichever is smallest of cm (online "
                     "context mixing: models that learn from the file as it is coded), the model mixed in with them "
@@ -242,7 +246,8 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
                 file_decompress_btn = gr.Button("Decompress the file", elem_id="file-decompress-btn")
                 restored = gr.File(label="Decompressed file", interactive=False, elem_id="restored")
         file_status = gr.Markdown(label="File codec status", elem_id="file-status")
-        file_table = gr.Dataframe(label="Every method on these bytes (header included)", elem_id="file-table")
+        file_table = gr.Dataframe(plots.file_codec_table({}, 0, ""), label="Every method on these bytes (header included)",
+                                  elem_id="file-table")
 
     compress_btn.click(codec_tab.compress, [codec_in, codec_mode, method, parity],
                        [stream, codec_text, codec_ratio, codec_status], api_name="compress",
@@ -250,6 +255,8 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
     decompress_btn.click(codec_tab.decompress, [stream, parity],
                          [codec_bits, codec_text, codec_ratio, codec_status], api_name="decompress",
                          concurrency_limit=4, **RAW)
+    for button in (compress_btn, decompress_btn):       # the ratio appears with the first result (no 0 before)
+        button.click(lambda: gr.Number(visible=True), None, codec_ratio, api_visibility="private")
     neural_btn.click(api.neural_compress, [codec_in, visitor], [neural_table, neural_status],
                      api_name="neural_compress", concurrency_limit=2, **RAW)
     file_compress_btn.click(api.compress_file, [codec_file, codec_in, visitor], [blm_out, file_table, file_status],

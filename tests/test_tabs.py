@@ -461,3 +461,28 @@ def test_codec_neural_is_the_exact_codec_and_says_why_a_v1_model_cannot_drive_it
                                            (None, "empty"), (float("nan"), "must be text")])
 def test_codec_neural_bad_input(tiny_model, text, fragment):
     assert_friendly(codec_tab.codec_neural(tiny_model, text).status, fragment)
+
+
+def test_empty_states_look_intended(tmp_path):
+    """Before any run: every table shows its real column names (Gradio's default is "1 | 2 | 3"), no
+    number field shows a 0 (the ratios appear with the first result) and the gate's chart is hidden while
+    the gate is off."""
+    import gradio as gr
+
+    import app
+    blocks = app.build_demo(model_dir=tmp_path / "no-model", run_root=tmp_path / "runs")
+    components = list(blocks.blocks.values())
+    tables = [c for c in components if isinstance(c, gr.Dataframe)]
+    assert len(tables) >= 4
+    for table in tables:
+        headers = table.value["headers"]
+        assert headers and all(isinstance(h, str) and not h.isdigit() for h in headers), (table.label, headers)
+    by_id = {c.elem_id: c for c in components if getattr(c, "elem_id", None)}
+    assert by_id["gate-plot"].visible is False
+    ratios = [c for c in components if isinstance(c, gr.Number) and "ratio" in (c.label or "").lower()]
+    assert len(ratios) == 3
+    for number in ratios:                      # hidden, or inside a hidden row
+        shown, node = number.visible, number.parent
+        while shown is not False and node is not None:
+            shown, node = node.visible, node.parent
+        assert shown is False, number.label

@@ -133,7 +133,8 @@ def bits_per_byte_table(rows: Mapping[str, float], n_bytes: int) -> pd.DataFrame
     classic = [v for k, v in rows.items() if k.split()[0] in ("zlib", "bz2", "lzma")]
     best = min(classic) if classic else math.nan
     return pd.DataFrame([{"method": k, "bits per byte": round(v, 3), "compressed bytes": round(v * n_bytes / 8),
-                          "× best classic": round(v / best, 3)} for k, v in rows.items()])
+                          "× best classic": round(v / best, 3)} for k, v in rows.items()],
+                        columns=["method", "bits per byte", "compressed bytes", "× best classic"])
 
 
 def file_codec_table(sizes: Mapping[str, int], n_bytes: int, chosen: str) -> pd.DataFrame:
