@@ -66,9 +66,11 @@ def build_generate_tab(api: Endpoints, visitor: gr.State) -> tuple[gr.Radio, gr.
                                          f"{generate_tab.PROMPT_MAX_BITS:,} bits (0/1, spaces allowed)")
                 with gr.Row():
                     n_bytes = gr.Slider(1, generate_tab.GEN_MAX_BYTES, value=48, step=1, label="Bytes to generate",
-                                        info=f"at most {generate_tab.GEN_MAX_BYTES:,}")
+                                        info=f"1 to {generate_tab.GEN_MAX_BYTES:,}; a typed value outside is set to the "
+                                             "nearest end")
                     temperature = gr.Slider(0, generate_tab.TEMPERATURE_MAX, value=0.8, step=0.05, label="Temperature",
-                                            info="0 = greedy")
+                                            info=f"0 (greedy) to {generate_tab.TEMPERATURE_MAX:g}; a typed value outside "
+                                                 "is set to the nearest end")
                     seed = gr.Number(0, precision=0, label="Seed",
                                      info=f"0 to {generate_tab.SEED_MAX:,}; empty = random")
                 compress = gr.Checkbox(True, label="Enable Compression", elem_id="enable-compression",
@@ -127,7 +129,8 @@ def build_train_tab(api: Endpoints, visitor: gr.State, model_info: gr.Markdown, 
             preset = gr.Dropdown(list(PRESETS), value="small", label="Model size (preset)",
                                  info="tiny: seconds, small: minutes, base: hours on a CPU")
             steps = gr.Number(1000, precision=0, label=f"Steps (1 to {TRAIN_MAX_STEPS:,})")
-            compress_prob = gr.Slider(0, 1, value=0.5, step=0.05, label="compress_prob")
+            compress_prob = gr.Slider(0, 1, value=0.5, step=0.05, label="compress_prob",
+                                      info="0 to 1; a typed value outside is set to the nearest end")
             multitask = gr.Checkbox(False, label="Multi-task (also read compressed streams directly)")
         gr.Markdown(f"One run at a time for everyone using this app, at most {run_minutes:g} minutes; "
                     "only you can stop, use, save or download your run, and it ends when you close the page.")

@@ -486,3 +486,16 @@ def test_empty_states_look_intended(tmp_path):
         while shown is not False and node is not None:
             shown, node = node.visible, node.parent
         assert shown is False, number.label
+
+
+def test_every_slider_says_what_it_does_with_a_value_out_of_range(tmp_path):
+    """The browser sets a slider's typed value outside its range to the nearest end: every slider's note
+    says so (the rule of docs/app.md), and the API refuses such values (see the generate tests)."""
+    import gradio as gr
+
+    import app
+    blocks = app.build_demo(model_dir=tmp_path / "no-model", run_root=tmp_path / "runs")
+    sliders = [c for c in blocks.blocks.values() if isinstance(c, gr.Slider)]
+    assert len(sliders) >= 3
+    for slider in sliders:
+        assert "set to the nearest end" in (slider.info or ""), slider.label
