@@ -122,7 +122,7 @@ DT = np.array([131072 // (2 * n + 3) for n in range(1024)], dtype=np.int64)   # 
 
 
 def table_bits(n: int) -> int:
-    """log2 of each context table's slots for an n-byte input (fixed by n, so by the header)."""
+    """log2 of the context table's size for an n-byte input, before SHARED_BITS (fixed by n, so by the header)."""
     return int(min(TABLE_BITS_MAX, max(TABLE_BITS_MIN, int(n).bit_length() + 5)))
 
 
@@ -141,6 +141,7 @@ class CMState:
     Both the encoder and the decoder build it the same way from the header's length."""
 
     def __init__(self, n: int, lanes: int, L: int, lens: np.ndarray, params: np.ndarray = PARAMS) -> None:
+        """n: the original's length (it sizes the tables); lanes of L bytes, `lens` (lanes,) their lengths."""
         tb = table_bits(n)
         self.lanes, self.L = lanes, L
         self.lens = np.asarray(lens, dtype=np.int64)
@@ -152,8 +153,8 @@ class CMState:
         self.match_sm = np.full(2 * 64, 1 << 31, dtype=np.uint32)
         self.lane = np.zeros((lanes, LANE_FIELDS), dtype=np.int64)
         self.params = np.array(params, dtype=np.int64)                 # a copy: never the module's PARAMS
-        w1 = np.zeros((4 * 256, N_IN), dtype=np.int32)          # by the model's recent error × partial byte
-        w1[:, :NCTX] = params[3]
+        w1 = np.zeros((4 * 256, N_IN), dtype=np.int32)          # (sets, inputs): recent error × partial byte
+        w1[:, :NCTX] = params[3]                                 # the counters (the history maps start at 0)
         w1[:, I_MATCH] = params[3]
         w1[:, I_NEURAL] = params[4]
         self.w1 = w1.copy()
@@ -164,8 +165,10 @@ class CMState:
         self.w4 = np.ascontiguousarray(np.broadcast_to(w1[:1], (256 * 8, N_IN)))
         # the 2 bytes that last followed each 1-byte and each 2-byte context
         self.indirect = np.zeros(256 + 65536, dtype=np.int64)
+        # the final mixer: the four mixers (1/4 each) and the model's input (0 at first), by bit position ×
+        # the model's recent error
         self.wf = np.full((32, 5), 65536 // 4, dtype=np.int32)
-        self.wf[:, 4] = 0      # the final mixer of the three, by bit position
+        self.wf[:, 4] = 0
         ramp = np.array([_squash((j - 16) * 128) * 16 for j in range(33)], dtype=np.int32)
         self.apm1 = np.tile(ramp, 256)
         self.apm2 = np.tile(ramp, 1 << APM2_BITS)
