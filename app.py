@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
 from gradio.data_classes import FileData, GradioRootModel
 
 from bitlm.app import codec_tab, generate_tab, plots, telemetry_tab
@@ -299,5 +300,14 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
     return blocks
 
 
-if __name__ == "__main__":
+def serve() -> None:
+    """`python app.py`: one torch intra-op thread for the whole process, so each request (and the trainer)
+    runs its torch work on the thread that serves it: two requests, or a request and a training run, use
+    the two cores side by side, and a busy neighbour costs a request its share of a core, not the 25 ×
+    slowdown two-thread torch suffers beside other work (measured; docs/app.md)."""
+    torch.set_num_threads(1)
     build_demo().launch(**LAUNCH_KWARGS)
+
+
+if __name__ == "__main__":
+    serve()
