@@ -25,7 +25,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-_JIT = dict(cache=False, nogil=True)
+_JIT = dict(cache=True, nogil=True)   # compiled once per machine (numba's cache), not at every start
 I16_MAX = 32767
 PREFETCH_AHEAD = 4096        # elements: how far ahead of the row being read the next rows are asked for
 
@@ -46,6 +46,11 @@ def _prefetch(typingctx, arr, offset):
         builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.void(arr, types.int64), codegen
+
+
+if nb.config.DISABLE_JIT:                 # the plain-Python path (NUMBA_DISABLE_JIT=1, for tests): a hint is nothing
+    def _prefetch(arr, offset):          # noqa: F811
+        return None
 
 
 @nb.njit(**_JIT)

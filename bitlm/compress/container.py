@@ -16,9 +16,10 @@ against `max_bytes`, the model's fingerprint: a stream of another model names bo
 decoder's output and work by the stated length, and checks the CRC-32 of the original, so damaged,
 truncated or foreign input raises `NeuralCodecError` (a `CodecError`) with a reason, never garbage.
 Memory while decoding: the stated length (≤ max_bytes), a decompressor's state (lzma's dictionary is
-at most that length; cm's tables are fixed by the length, at most 96 MiB, see `bitlm.compress.cm`), and
-for model streams the lanes' contexts (see `bitlm.compress.exact`); time is linear in the stated
-length, so max_bytes bounds both. `compress_file` / `decompress_file` are the API (re-exported from
+at most that length; cm's tables are fixed by the length, at most 64 MiB + 12 MiB, see `bitlm.compress.cm`),
+and for model streams the lanes' contexts (1.5 MiB a lane for the shipped model, ~100 MiB for 64 lanes,
+see `bitlm.compress.exact`); time is linear in the stated length (a cm payload that runs out stops
+early), so max_bytes bounds both. `compress_file` / `decompress_file` are the API (re-exported from
 `bitlm`); the command line is `python -m bitlm.cli.compress`. The float reference path, which
 benchmarks measure the neural method against, lives in `bitlm.compress.float_reference`.
 """
