@@ -20,6 +20,10 @@ lanes, full ring, 1 thread unless --threads): attention, linear layers (the floa
     python -m bench.neural_codec --model runs/v2/best --bytes 20000 --skip-float-above 0
     python -m bench.neural_codec --speed --bytes 2000 8000 32000 100000
     python -m bench.neural_codec --profile
+    python -m bench.neural_codec --mixing --bytes 100000 1000000   # the whole held-out split: 505 739 bytes
+
+--mixing: per --bytes value, bits/byte and encode / decode bytes/s of the container's neural+cm, neural and cm
+methods (each forced; decoded and checked), beside zpaq -m5, one thread.
 """
 import argparse
 import bz2
@@ -225,6 +229,30 @@ def speed(model, split: bytes, sizes: list[int], threads: tuple[int, ...] = (1, 
         exact.DEFAULT_KERNEL = saved
 
 
+
+def mixing(model, split: bytes, sizes: list[int]) -> None:
+    """Per size: bits/byte and encode / decode bytes/s of neural+cm, neural and cm (each method forced,
+    whole files with headers, decoded and checked), beside zpaq -m5, one thread."""
+    for n in sizes:
+        data = split[:n]
+        print(f"\n{len(data):,} held-out bytes, 1 thread")
+        print(f"{'method':12s} {'bits/byte':>9s} {'encode B/s':>11s} {'decode B/s':>11s}")
+        speeds = {}
+        for method in ("neural+cm", "neural", "cm"):
+            result, t_enc = timed(lambda: container.compress_file(data, model, methods=(method,)))
+            back, t_dec = timed(lambda: container.decompress_file(result.blob, model))
+            if back != data:
+                raise SystemExit(f"{method} round trip FAILED")
+            speeds[method] = len(data) / t_dec
+            print(f"{method:12s} {8 * len(result.blob) / len(data):9.3f} {len(data) / t_enc:11,.0f} "
+                  f"{len(data) / t_dec:11,.0f}", flush=True)
+        if shutil.which("zpaq"):
+            size, t_enc, t_dec = zpaq_row(data)
+            print(f"{'zpaq -m5':12s} {8 * size / len(data):9.3f} {len(data) / t_enc:11,.0f} {len(data) / t_dec:11,.0f}")
+        print(f"neural+cm decodes at {speeds['neural+cm'] / speeds['neural']:.3f} × the speed of neural alone; "
+              f"cm at {speeds['cm'] / 1e3:,.0f} KB/s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="assets", help="checkpoint or run folder (default: assets)")
@@ -238,6 +266,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--speed", action="store_true",
                    help="only the exact path's speed: reference vs numba kernel, 1 and 2 threads, beside zpaq -m5")
+    p.add_argument("--mixing", action="store_true",
+                   help="bits/byte and speed of neural+cm, neural and cm (issue 19) beside zpaq -m5, one thread")
     p.add_argument("--profile", action="store_true", help="only where a decode step's time goes (64 lanes, full ring)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -256,6 +286,9 @@ def main() -> None:
         return
     if args.speed:
         speed(model, split, [min(n, len(split)) for n in args.bytes])
+        return
+    if args.mixing:
+        mixing(model, split, [min(n, len(split)) for n in args.bytes])
         return
     for n in args.bytes:
         if n > len(split):
