@@ -223,8 +223,8 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
                 codec_bits = gr.Textbox(lines=4, label="Decompressed bits", elem_classes="bits")
                 codec_text = gr.Textbox(lines=2, label="Decompressed text")
         gr.Markdown(f"**The model as a compressor**: its next-bit probabilities drive a range coder "
-                    f"(text ≤ {codec_tab.NEURAL_MAX_CHARS:,} characters; decoding runs about 250 bytes a second, "
-                    f"several times that from 512 bytes on, where the text is coded in parallel lanes).")
+                    f"(text ≤ {codec_tab.NEURAL_MAX_CHARS:,} characters; decoding runs about 500 bytes a second, "
+                    f"2 to 4 times that from 512 bytes on, where the text is coded in parallel lanes).")
         neural_btn = gr.Button("Compress the text with the model", elem_id="neural-btn")
         neural_status = gr.Markdown(label="Neural codec status", elem_id="neural-status")
         neural_table = gr.Dataframe(plots.bits_per_byte_table({}, 0), label="Bits per byte on this text")
