@@ -30,6 +30,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def teacher_forced(pred, arr: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, L) bytes -> (B, L, 256) frequencies of an `ExactPredictor`, chunk slots at a time (1: the
+    decoder's one-slot steps)."""
+    from bitlm.compress.exact import LaneState
+    state = LaneState(pred, arr.size(0))
+    parts = []
+    for s in range(0, arr.size(1), chunk):
+        e = min(s + chunk, arr.size(1))
+        parts.append(pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s))
+    return torch.cat(parts, dim=1)
+
+
 def held_out(corpus: str, n: int) -> bytes:
     """The first n bytes of a corpus's held-out split."""
     return "".join(split_corpus(load_corpus(corpus))[1]).encode("utf-8")[:n]

@@ -10,7 +10,8 @@ from bitlm.compress import exact
 from bitlm.bits.frames import bytes_to_bits
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
-from tests.exact_helpers import TINY_V2, fitted_tiny, held_out, one_thread  # noqa: F401 (autouse fixture)
+from tests.exact_helpers import (TINY_V2, fitted_tiny, held_out, one_thread,  # noqa: F401 (autouse fixture)
+                                 teacher_forced)
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +22,6 @@ def fitted() -> BitTransformerLM:
 def lanes_of(data: bytes, lanes: int) -> torch.Tensor:
     n = len(data) // lanes
     return torch.tensor(list(data[:lanes * n]), dtype=torch.int64).view(lanes, n)
-
-
-def teacher_forced(pred: exact.ExactPredictor, arr: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(B, L) bytes -> (B, L, 256) frequencies, chunk slots at a time."""
-    state = exact.LaneState(pred, arr.size(0))
-    parts = []
-    for s in range(0, arr.size(1), chunk):
-        e = min(s + chunk, arr.size(1))
-        parts.append(pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s))
-    return torch.cat(parts, dim=1)
 
 
 def test_tables_match_their_functions():

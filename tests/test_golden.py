@@ -19,7 +19,7 @@ import torch
 from bitlm.compress import container, exact
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
-from tests.exact_helpers import one_thread  # noqa: F401 (autouse fixture)
+from tests.exact_helpers import one_thread, teacher_forced  # noqa: F401 (autouse fixture)
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +52,7 @@ def tiny_input() -> torch.Tensor:
 
 def tiny_frequencies(pred: exact.ExactPredictor, chunk: int) -> torch.Tensor:
     """(3, 80, 256) frequencies of `tiny_input`, chunk slots at a time (1: the decoder's steps)."""
-    arr = tiny_input()
-    state = exact.LaneState(pred, arr.size(0))
-    parts = []
-    for s in range(0, arr.size(1), chunk):
-        e = min(s + chunk, arr.size(1))
-        parts.append(pred.frequencies(state, arr[:, max(s - 1, 0):e - 1], e - s))
-    return torch.cat(parts, dim=1)
+    return teacher_forced(pred, tiny_input(), chunk)
 
 
 def _digest() -> dict:
