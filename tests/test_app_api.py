@@ -118,7 +118,7 @@ def test_file_codec_endpoints(client, tmp_path):
     original.write_bytes(bytes(range(256)) + b"to be or not to be " * 10)
     blm, table, status = client.predict(handle_file(str(original)), "", api_name="/compress_file")
     assert status.startswith("✓") and blm.endswith("notes.bin.blm"), status
-    assert {row[0] for row in table["data"]} == {"neural", "lzma", "bz2", "zlib", "stored"}
+    assert {row[0] for row in table["data"]} == {"neural+cm", "cm", "neural", "lzma", "bz2", "zlib", "stored"}
     restored, status = client.predict(handle_file(blm), api_name="/decompress_file")
     assert status.startswith("✓") and open(restored, "rb").read() == original.read_bytes(), status
     blm, _, status = client.predict(None, "typed text, typed text", api_name="/compress_file")
