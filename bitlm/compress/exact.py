@@ -44,7 +44,6 @@ matters; tests/test_golden.py pins the streams of the shipped model and a tiny m
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
@@ -54,195 +53,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path's public constants and errors)
+    RES_BITS, NORM_BITS, ACT_BITS, LOGIT_BITS, ATT_EXP_BITS, HEAD_EXP_BITS, MAX_WEIGHT_BITS, SLOPE_BITS,
+    GELU_RANGE, FREQ_TOTAL, RES_CLAMP, EXACT_VERSION, _SAFE, _HIDDEN, TABLES_SHA256, UnsupportedModelError,
+    ExactnessError, _exp_neg_table, _gelu_table, tables, tables_digest, _rshift, _fshift, _quantise,
+    _round_pow2, _Linear, _linear)
 from bitlm.model.transformer import BitTransformerLM
 
-RES_BITS = 16                 # residual stream: value · 2^16
-NORM_BITS = 14                # layer-norm outputs
-ACT_BITS = 12                 # q, k, v, attention outputs, GELU input and output
-LOGIT_BITS = 10               # attention scores and pattern logits, in nats · 2^10
-ATT_EXP_BITS = 16             # attention weights: round(2^16 · e^-d)
-HEAD_EXP_BITS = 24            # pattern weights before normalising to frequencies
-MAX_WEIGHT_BITS = 20          # weights are w · 2^k rounded, k ≤ 20 (less when a bound needs it)
-SLOPE_BITS = 30               # ALiBi slopes are held to 2^-30 before the bias is rounded to LOGIT_BITS
-GELU_RANGE = 8                # GELU is tabulated on [-8, 8]; gelu(x) = x above, 0 below
-FREQ_TOTAL = (1 << 24) - 256  # the 256 frequencies of a byte sum to this; the coder adds 1 to each
-RES_CLAMP = 1 << (RES_BITS + 8)
-EXACT_VERSION = 1             # bump when any constant or rule above changes the frequencies
-_SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
-_HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
-
-# SHA-256 of the three lookup tables (exp for attention, exp for the head, GELU) as little-endian int64.
-# A machine whose float64 arithmetic is not IEEE-754 round-to-nearest would build other tables: refused.
-TABLES_SHA256 = "1fc2dd1240cf755d837b4e95932f581d0f8a6a1b5aff2e2aefbb00fa53184236"
-
-
-class UnsupportedModelError(ValueError):
-    """The model cannot be run exactly (learned positions, a transformer local model, another patch
-    size, or sizes whose integer bounds do not fit); the message says which."""
-
-
-class ExactnessError(RuntimeError):
-    """This machine computed other lookup tables than the pinned ones: its float64 arithmetic is not
-    IEEE-754 round-to-nearest, so streams could not be shared with other machines."""
-
-
-# ------------------------------------------------------------------------------------ lookup tables
-
-def _exp_neg_table(scale_bits: int, n: int) -> np.ndarray:
-    """round(2^scale_bits · e^(-i / 2^LOGIT_BITS)) for i < n, the last entry 0. e^d is the series
-    Σ d^j / j! (positive terms, fixed order, correctly rounded float64 ops), then 2^bits / e^d."""
-    d = np.arange(n, dtype=np.float64) / (1 << LOGIT_BITS)
-    term, total = np.ones(n), np.ones(n)
-    for j in range(1, 160):
-        term = term * d / j
-        total = total + term
-    out = np.rint((1 << scale_bits) / total).astype(np.int64)
-    out[-1] = 0
-    return out
-
-
-def _gelu_table() -> np.ndarray:
-    """round(2^ACT_BITS · gelu(u / 2^ACT_BITS)) for u in [-R, R], R = GELU_RANGE · 2^ACT_BITS, with
-    gelu(x) = x·Φ(x) and Φ(x) = 1/2 + φ(x)·Σ x^(2j+1)/(2j+1)!! for x ≥ 0 (all terms positive),
-    φ(x) = 1 / (e^(x²/2)·√(2π)) with e^(x²/2) as a series; Φ(-x) = 1 - Φ(x)."""
-    r = GELU_RANGE << ACT_BITS
-    x = np.arange(r + 1, dtype=np.float64) / (1 << ACT_BITS)
-    x2 = x * x
-    z = x2 / 2
-    term, ez = np.ones_like(x), np.ones_like(x)
-    for j in range(1, 200):
-        term = term * z / j
-        ez = ez + term
-    term, series = x.copy(), x.copy()
-    for j in range(1, 260):
-        term = term * x2 / (2 * j + 1)
-        series = series + term
-    tail = series / (ez * math.sqrt(2 * math.pi))                  # Φ(x) - 1/2
-    pos = np.rint(x * (0.5 + tail) * (1 << ACT_BITS)).astype(np.int64)
-    neg = np.rint(-x * (0.5 - tail) * (1 << ACT_BITS)).astype(np.int64)
-    return np.concatenate([neg[:0:-1], pos])
-
-
-_TABLES: dict[str, torch.Tensor] = {}
-
-
-def tables() -> dict[str, torch.Tensor]:
-    """The lookup tables (built once per process, then checked against TABLES_SHA256).
-    Raises ExactnessError when this machine builds other tables."""
-    if not _TABLES:
-        built = {"att_exp": _exp_neg_table(ATT_EXP_BITS, 12 << LOGIT_BITS),
-                 "head_exp": _exp_neg_table(HEAD_EXP_BITS, 18 << LOGIT_BITS),
-                 "gelu": _gelu_table()}
-        digest = tables_digest(built)
-        if digest != TABLES_SHA256:
-            raise ExactnessError(f"this machine computes other lookup tables (sha256 {digest[:16]}…, expected "
-                                 f"{TABLES_SHA256[:16]}…): its float64 arithmetic is not IEEE-754, so its "
-                                 f"streams would not decode elsewhere")
-        _TABLES.update({k: torch.from_numpy(v) for k, v in built.items()})
-    return _TABLES
-
-
-def tables_digest(built: dict[str, np.ndarray]) -> str:
-    """SHA-256 (hex) of the tables, in name order, as little-endian int64."""
-    h = hashlib.sha256()
-    for name in sorted(built):
-        h.update(name.encode())
-        h.update(np.asarray(built[name], dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------ integer helpers
-
-def _rshift(x: torch.Tensor, s: int) -> torch.Tensor:
-    """x / 2^s rounded half up (an arithmetic shift: exact on int64); s < 0 shifts left."""
-    if s <= 0:
-        return x << -s
-    return (x + (1 << (s - 1))) >> s
-
-
-def _fshift(x: torch.Tensor, s: int) -> torch.Tensor:
-    """`_rshift` on an integer-valued float64 tensor below 2^52, in place: x / 2^s + 1/2 is exact
-    (a power-of-two scaling and an addition that fits 53 bits), then floor."""
-    if s <= 0:
-        return x.mul_(float(1 << -s))
-    return x.mul_(2.0 ** -s).add_(0.5).floor_()
-
-
-def _quantise(t: torch.Tensor, bits: int) -> torch.Tensor:
-    """round(t · 2^bits) as int64 (multiplying by 2^bits is exact; round half to even)."""
-    t = t.detach().cpu().double()
-    return torch.round(t * (1 << bits) if bits >= 0 else t / (1 << -bits)).to(torch.int64)
-
-
-def _round_pow2(num: int, den: int) -> int:
-    """round(2^(num/den)) for num ≥ 0, den ≥ 1, in integers only (a binary-searched den-th root)."""
-    target = 1 << num
-    lo, hi = 0, 1 << (num // den + 1)
-    while lo < hi:                       # largest r with r^den ≤ 2^num
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if mid ** den <= target else (lo, mid - 1)
-    return lo + 1 if (2 * lo + 1) ** den <= target << den else lo
-
-
-@dataclass
-class _Linear:
-    """y = round((x @ W^T + b) / 2^shift), clamped: x at in_bits, W at w_bits, y at out_bits."""
-    w: torch.Tensor          # (out, in) float64 holding integers
-    b: torch.Tensor          # (out,) int64 at in_bits + w_bits
-    shift: int
-    clamp: int
-    in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
-    _bf: torch.Tensor | None = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(x.double(), self.w.t()).add_(self.bf)      # exact: integers below 2^52
-        return _fshift(y, self.shift).clamp_(-self.clamp, self.clamp).to(torch.int64)
-
-    @property
-    def np_b(self) -> np.ndarray:
-        """The bias as a float64 numpy array (exact: |b| < 2^52), for the numba kernels."""
-        return self.bf.numpy()
-
-    @property
-    def scale(self) -> float:
-        """2^-shift: `_fshift` multiplies by it (then adds 1/2 and floors when shift > 0)."""
-        return 2.0 ** -self.shift
-
-    @property
-    def bf(self) -> torch.Tensor:
-        """The bias as float64 (exact: |b| < 2^52)."""
-        if self._bf is None or self._bf.device != self.b.device:
-            self._bf = self.b.double()
-        return self._bf
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
-            in_bits: int, in_bound: int, out_bits: int, out_clamp: int,
-            row_scale: torch.Tensor | None = None) -> _Linear:
-    """Quantise a Linear, folding a preceding layer norm's gain (gamma) and shift (beta) into it and
-    multiplying its rows by row_scale ((out,) float64, None: 1); the weight precision is the largest ≤ MAX_WEIGHT_BITS for which
-    in_bound · max row L1 + |bias| stays below 2^52. Raises UnsupportedModelError if none does."""
-    w = weight.detach().cpu().double()
-    if gamma is not None:
-        w = w * gamma.detach().cpu().double()      # float32 × float32: exact in float64
-    if row_scale is not None:
-        w = w * row_scale.view(-1, 1)              # one correctly rounded product each
-    for w_bits in range(MAX_WEIGHT_BITS, -1, -1):
-        wi = _quantise(w, w_bits)
-        acc = in_bits + w_bits
-        b = torch.zeros(wi.size(0), dtype=torch.int64)
-        if bias is not None:
-            b = b + _quantise(bias.detach(), acc)
-        if beta is not None:                       # b + W·beta, in integers
-            b = b + (_quantise(weight.detach(), w_bits) * _quantise(beta.detach(), in_bits)).sum(-1)
-        if row_scale is not None:
-            b = torch.round(b.double() * row_scale).to(torch.int64)
-        bound = in_bound * int(wi.abs().sum(-1).max()) + int(b.abs().max())
-        if bound < _SAFE:
-            return _Linear(wi.double(), b, acc - out_bits, out_clamp, in_bound)
-    raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
-
 
 # ------------------------------------------------------------------------------------ the predictor
 
