@@ -182,3 +182,15 @@ def test_mcp_lists_the_file_tools_and_compresses_text(tmp_path_factory):
     assert {"upload", "text"} <= set(by_name["compress_file"].inputSchema["properties"])
     text = " ".join(getattr(c, "text", "") for c in result.content)
     assert not result.isError and "text.blm" in text, text
+
+
+def test_decoding_a_model_coded_file_reports_progress_often(tiny_model, tmp_path, out):
+    """An 8 KiB model-coded file decodes in seconds: its progress bar moves at least 16 times, not once or
+    twice (issue 22: it sat behind a bare spinner)."""
+    data = (DATA * 40)[:codec_tab.NEURAL_FILE_MAX_BYTES]
+    blob = container.compress_file(data, tiny_model.model, methods=("neural+cm",)).blob
+    calls = []
+    back = codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "p.blm", blob)), out,
+                                       lambda fraction, what: calls.append(fraction))
+    assert back.status.startswith("✓"), back.status
+    assert len(calls) >= 16 and calls == sorted(calls) and calls[-1] == 1.0, calls

@@ -28,7 +28,7 @@ from bitlm.model.transformer import BitTransformerLM
 
 LANE_BYTES, MAX_LANES = 256, 64              # lanes: one per 256 bytes, at most 64
 CHUNK_BUDGET = 1 << 22                       # attention scores per teacher-forced chunk (memory bound)
-_PROGRESS_EVERY = 4096                       # bytes between progress callbacks
+_PROGRESS_EVERY = 256                        # bytes between progress callbacks (8 KiB: ~32 updates)
 
 Progress = Callable[[int, int], None]        # (bytes done, bytes in all)
 
