@@ -12,17 +12,15 @@ binaries no more than the header over the best classic.
     python -m bench.files --set validation       # files of the same kinds that cm's tuning never saw
 """
 import argparse
-import bz2
 import platform
 import shutil
 import subprocess
 import time
 
-import pyppmd
 import torch
 
 from bench import test_files
-from bench.compressors import _zpaq
+from bench.compressors import COMPRESSORS
 from bench.quality import load_model_arg
 from bitlm.compress import container
 
@@ -34,12 +32,15 @@ def _tool(cmd: list[str], data: bytes) -> int | None:
 
 
 def classics(data: bytes) -> dict[str, int]:
-    """{tool: compressed bytes} of the classic tools installed here."""
+    """{tool: compressed bytes} of the classic tools installed here (PPMd and zpaq as bench.compressors
+    runs them everywhere else)."""
+    known = COMPRESSORS
     out = {"xz -9e": _tool(["xz", "-9e", "-c", "-"], data),
-           "bzip2 -9": len(bz2.compress(data, 9)),
-           "zstd -19": _tool(["zstd", "-19", "--ultra", "-c", "-q", "-"], data),
-           "PPMd o16": len(pyppmd.compress(data, max_order=16, mem_size=1 << 30, variant="I")),
-           "zpaq -m5": _zpaq(data) if shutil.which("zpaq") else None}
+           "bzip2 -9": known["bz2 -9"][0](data),
+           "zstd -19": _tool(["zstd", "-19", "--ultra", "-c", "-q", "-"], data)}
+    for name, short in (("PPMd (order 16, 1 GB)", "PPMd o16"), ("zpaq -m5", "zpaq -m5")):
+        size, available = known[name]
+        out[short] = size(data) if available() else None
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -129,3 +129,14 @@ def test_a_payload_that_runs_out_stops_early():
     with pytest.raises(CodecError, match="ran out at byte (\\d+)") as e:
         nc.decompress_file(forged, None)
     assert int(e.value.args[0].split("ran out at byte ")[1].split()[0]) <= 1 << 16    # the first call of the kernel
+
+
+def test_the_model_runs_on_a_long_input_only_if_it_pays_on_a_sample(fitted):
+    """From JUDGE_FROM bytes on, with cm among the methods, random bytes (where a model cannot help) skip
+    the model's whole pass and say what the sample showed; asked for the model alone, it still runs."""
+    data = bytes(np.random.default_rng(1).integers(0, 256, nc.JUDGE_FROM, dtype=np.uint8))
+    result = nc.compress_file(data, fitted, methods=("cm", "neural+cm"))
+    assert "neural+cm" not in result.sizes and "from its middle" in result.neural_skipped, result.neural_skipped
+    assert nc.decompress_file(result.blob, fitted) == data
+    small = data[:nc.JUDGE_FROM - 1]
+    assert "neural+cm" in nc.compress_file(small, fitted, methods=("cm", "neural+cm")).sizes   # below: no judge
