@@ -187,6 +187,70 @@ def test_lanes_that_outgrow_int16_are_widened_exactly(scale):
                 assert max(np.abs(state.wide_k[i]).max(), np.abs(state.wide_v[i]).max()) > 32767
 
 
+def _kernel_case(rng, H, hd, rows, Q, q_l1, k_sign, v_val, zero_q=False):
+    """Inputs of attention_kernel.attention for one lane: int16 rings (H, hd, rows) at ±32767 or random,
+    Q queries whose heads have L1 norm q_l1 (signs matching the keys', so q·k reaches q_l1 · 32767),
+    every ring row visible with bias 0 and the chunk causal."""
+    from bitlm.compress import attention_kernel as K
+    rk = np.full((1, H, hd, rows), 32767, np.int16) * k_sign if k_sign else \
+        rng.integers(-32767, 32768, (1, H, hd, rows)).astype(np.int16)
+    rv = np.full((1, H, hd, rows), v_val, np.int16) if v_val is not None else \
+        rng.integers(-32767, 32768, (1, H, hd, rows)).astype(np.int16)
+    C = H * hd
+    q = np.zeros((Q, C), np.int32)
+    if not zero_q:
+        for n in range(Q):
+            for h in range(H):
+                part = np.full(hd, q_l1 // hd, np.int64)
+                part[: q_l1 % hd] += 1
+                q[n, h * hd:(h + 1) * hd] = part * (k_sign or 1)
+    kc = rng.integers(-32767, 32768, (Q, C)).astype(np.int64)
+    vc = rng.integers(-32767, 32768, (Q, C)).astype(np.int64)
+    br = np.zeros((Q, H, rows), np.int64)
+    bc = np.where(np.arange(Q)[None, None, :] <= np.arange(Q)[:, None, None], 0, K.HIDDEN_BIAS).repeat(H, 1)
+    return q, kc, vc, rk, rv, np.ascontiguousarray(br), np.ascontiguousarray(bc)
+
+
+@pytest.mark.parametrize("case", [
+    dict(q_l1=65538, k_sign=1, v_val=32767),        # q·k = 65538 · 32767 = 2^31 - 2: the int32 path's edge
+    dict(q_l1=65538, k_sign=-1, v_val=-32767),
+    dict(q_l1=65539, k_sign=1, v_val=32767),        # one past it: int64
+    dict(q_l1=0, k_sign=1, v_val=32767, zero_q=True),   # every weight 2^16: Σ e >> 8 = 256 · rows
+    dict(q_l1=0, k_sign=-1, v_val=-32767, zero_q=True),
+    dict(q_l1=40000, k_sign=0, v_val=None),         # random keys and values
+    dict(q_l1=200_000, k_sign=0, v_val=None)])
+@pytest.mark.parametrize("rows, Q", [(256, 1), (257, 1), (255, 3), (256, 16)])
+def test_attention_kernel_int32_paths_agree_with_int64(case, rows, Q):
+    """The kernel's int32 sums (q·k when Σ|q| · 32767 < 2^31; Σ e·v split at e >> 8 and e & 255 when
+    those sums' bounds fit) give the int64 path's outputs on the extremes of their bounds: the same
+    lane as an int16 ring (narrow paths where the bound holds) and as an int32 ring (int64 paths always)."""
+    from bitlm.compress import attention_kernel as K
+    rng = np.random.default_rng(rows * 100 + Q)
+    H, hd = 3, 32
+    q, kc, vc, rk, rv, br, bc = _kernel_case(rng, H, hd, rows, Q, **case)
+    table = exact.tables()["att_exp"].numpy()
+    outs = []
+    for wide in (0, 1):
+        out = np.full((Q, H * hd), np.nan)
+        K.attention(q, kc, vc, rk, rv, rk.astype(np.int32), rv.astype(np.int32), np.array([wide], np.int8),
+                    br, bc, table, hd, out, 0, 1)
+        outs.append(out)
+    assert not np.isnan(outs[0]).any()
+    assert np.array_equal(outs[0], outs[1])
+    # and the float64 reference of the torch path, on this lane
+    qf = torch.from_numpy(q.astype(np.float64)).view(Q, H, hd).transpose(0, 1)             # (H, Q, hd)
+    kf = torch.cat([torch.from_numpy(rk[0].astype(np.float64)).transpose(1, 2),
+                    torch.from_numpy(kc.astype(np.float64)).view(Q, H, hd).transpose(0, 1)], 1)   # (H, rows+Q, hd)
+    vf = torch.cat([torch.from_numpy(rv[0].astype(np.float64)).transpose(1, 2),
+                    torch.from_numpy(vc.astype(np.float64)).view(Q, H, hd).transpose(0, 1)], 1)
+    bias = torch.from_numpy(np.concatenate([br, bc], 2)).transpose(0, 1)                   # (H, Q, rows+Q)
+    bias = torch.where(bias == K.HIDDEN_BIAS, float(exact._HIDDEN), -bias.double())
+    pred = exact.ExactPredictor.__new__(exact.ExactPredictor)
+    pred.att_exp, pred.att_exp_f = exact.tables()["att_exp"], exact.tables()["att_exp"].double()
+    ref = pred._attention(qf.to(torch.int64).unsqueeze(0), [(kf.unsqueeze(0), vf.unsqueeze(0), bias)])[0]
+    assert np.array_equal(outs[0], ref.transpose(0, 1).reshape(Q, H * hd).double().numpy())
+
+
 def test_memory_per_lane_and_for_the_decoder():
     """The figures of LaneState's docstring: int16 keys and values, 2 · layers · window · n_embd · 2
     bytes a lane (1.57 MB for the shipped 6 × 256 model, window 256; 6.3 MB with float64 rings), and a

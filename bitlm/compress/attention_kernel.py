@@ -4,7 +4,8 @@ as int16 (int32/int64 for a lane whose values outgrew int16), and the elementwis
 the float64 matmuls (layer norm, rounding shifts and clamps, residual adds, GELU table, byte frequencies).
 
 Every function repeats, operation for operation, what `ExactPredictor`'s torch path does, so the
-integers are the same: dot products and Σ e·v, Σ e are int64 sums of int64 products (exact, any order);
+integers are the same: dot products and Σ e·v, Σ e are exact integer sums (int64, or int32 where a
+bound checked on the query's own numbers proves every partial sum fits: see `_lane_attention`);
 a score is (q·k + 2^13) >> 14 (= floor(q·k / 2^14 + 1/2), the torch path's `_fshift`) minus the ALiBi
 bias; weights come from the same exp table after the same max subtraction and clamp to its last entry
 (0); an output is np.rint(float(Σ e·v) / float(Σ e)): both sums are integers below 2^52, so the int64 ->
@@ -13,7 +14,8 @@ no reciprocal), and rint rounds half to even like torch.round. The layer norm us
 and variance, the same int -> float conversion, sqrt and division (single correctly rounded IEEE ops)
 and rint; the linears' results (exact integers in float64) are rounded by the same x·2^-s + 1/2, floor.
 All functions take a lane range [b0, b1) and release the GIL, so lanes can run on several threads: each
-lane's numbers depend on that lane alone, so any split gives the same bits.
+lane's numbers depend on that lane alone, so any split gives the same bits. A layer's attention runs lane by lane
+(`post_qkv`: split, attend, store), so the ring rows a step overwrites are still in cache when written.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from numba.extending import intrinsic
 _JIT = dict(cache=True, nogil=True)   # compiled once per machine (numba's cache), not at every start
 I16_MAX = 32767
 PREFETCH_AHEAD = 4096        # elements: how far ahead of the row being read the next rows are asked for
+I32_MAX = 2147483647
+HIDDEN_BIAS = 1 << 40        # `bias_tables`' bias of a key a query does not see (see `_lane_attention`)
 
 
 @intrinsic
@@ -147,7 +151,8 @@ def byte_frequencies(y, bias, scale, clamp, table, total, freq, r0, r1):
 def bias_tables(s0, Q, ring_pos, slopes, window, shift, hidden):
     """ALiBi terms of the queries at slots s0 … s0+Q-1 over the ring's rows (their slots in ring_pos,
     -1: empty) and over the chunk's own slots: (Q, H, rows) and (Q, H, Q) int64, the bias subtracted
-    from a visible key's score (the rule of `ExactPredictor._bias`), `hidden` where the key is not seen."""
+    from a visible key's score (the rule of `ExactPredictor._bias`), `hidden` (HIDDEN_BIAS) where the
+    key is not seen."""
     H, rows = slopes.shape[0], ring_pos.shape[0]
     br = np.empty((Q, H, rows), np.int64)
     bc = np.empty((Q, H, Q), np.int64)
@@ -170,10 +175,29 @@ def bias_tables(s0, Q, ring_pos, slopes, window, shift, hidden):
 
 
 @nb.njit(**_JIT)
-def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, e):
+def _lane_attention(q, kc, vc, rk, rv, b, br, bc, table, hd, out, sc, s32, e, eh, el, narrow):
     """One lane b: Q queries over its ring (rk, rv: (H, hd, rows), transposed so that the sums over
-    rows vectorise; any integer dtype) and the chunk's own keys/values (kc, vc: (N, C) int64, rows
-    b·Q …). sc: (rows + Q,) int64 and e: (rows + Q,) int32 scratch."""
+    rows vectorise; int16 when `narrow`, else int32/int64) and the chunk's own keys/values (kc, vc:
+    (N, C) int64, rows b·Q …). Scratch: sc (rows + Q,) int64, s32 (rows,) int32, e (rows + Q,) int32,
+    eh, el (rows,) int16.
+
+    The integers are those of int64 arithmetic; two narrower paths give them too, where bounds checked
+    here, on this query's numbers, prove every partial sum fits int32 (16 lanes per 512-bit vector
+    instead of 8, no 64-bit multiplies):
+    - q·k in int32 when the ring is int16 (|k| ≤ 32767: `store` writes only such values, empty rows are
+      0) and L1 = Σ_d |q_d| over the head satisfies L1 · 32767 ≤ 2^31 - 1: every partial sum over d is
+      then at most L1 · 32767 in magnitude. Held-out text: L1 ≤ ~31 000, the limit is 65 538. Else int64.
+    - Σ e·v with e = 256·eh + el (eh = e >> 8 ∈ [0, 256], el = e & 255): Σ eh·v and Σ el·v in int32 when
+      the ring is int16 and 32767 · Σ eh ≤ 2^31 - 1 and 32767 · Σ el ≤ 2^31 - 1 (e ≥ 0, so each partial
+      sum is bounded by the full sum of weights times 32767), then 256·Σ eh·v + Σ el·v in int64 (exact).
+      Σ el ≤ 255 · rows always passes for rows ≤ 257 (the shipped model: 256); Σ eh ≤ Σ e / 256 passes
+      unless Σ e > ~2^24, i.e. almost every key at full weight. Else int64 sums of int64 products.
+    Both results equal the int64 sums exactly, so the path taken never changes a bit.
+    Hidden keys: `bias_tables` gives them the bias HIDDEN_BIAS = 2^40, so their score is below -2^39
+    (|q·k| < 2^51, so |(q·k + 2^13) >> 14| < 2^37) while a visible key's score is above -2^38 (bias
+    < 2^30); every query sees itself, so the maximum is a visible score and a hidden key's distance to
+    it exceeds the exp table's length: its weight is the table's last entry, 0 — what skipping it gives,
+    with no branch in the loops."""
     H, rows = rk.shape[0], rk.shape[2]
     Q = br.shape[0]
     last = table.shape[0] - 1
@@ -182,65 +206,116 @@ def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, e)
         c0 = h * hd
         for t in range(Q):
             n = n0 + t
-            for j in range(rows):
-                sc[j] = 0
-            d = 0
-            while d + 4 <= hd:                                  # q·k for every ring row: keys read once
-                base = (h * hd + d) * rows + PREFETCH_AHEAD     # (the rows after these, maybe the next lane's)
-                for a in range(0, 4 * rows, 32):
-                    _prefetch(rk, base + a)
-                q0, q1 = np.int64(q[n, c0 + d]), np.int64(q[n, c0 + d + 1])     # (per query; Q = 1
-                q2, q3 = np.int64(q[n, c0 + d + 2]), np.int64(q[n, c0 + d + 3]) # when decoding)
-                for j in range(rows):
-                    sc[j] += (q0 * np.int64(rk[h, d, j]) + q1 * np.int64(rk[h, d + 1, j])
-                              + q2 * np.int64(rk[h, d + 2, j]) + q3 * np.int64(rk[h, d + 3, j]))
-                d += 4
-            while d < hd:
-                qd = np.int64(q[n, c0 + d])
-                for j in range(rows):
-                    sc[j] += qd * np.int64(rk[h, d, j])
-                d += 1
+            l1 = 0
+            for d in range(hd):
+                l1 += abs(np.int64(q[n, c0 + d]))
             top = -(1 << 62)
-            for j in range(rows):
-                if br[t, h, j] != hidden:
+            if narrow and l1 * I16_MAX <= I32_MAX:              # q·k in int32 (bound above)
+                for j in range(rows):
+                    s32[j] = 0
+                d = 0
+                while d + 4 <= hd:                              # q·k for every ring row: keys read once
+                    base = (h * hd + d) * rows + PREFETCH_AHEAD # (the rows after these, maybe the next lane's)
+                    for a in range(0, 4 * rows, 32):
+                        _prefetch(rk, base + a)
+                    q0, q1 = np.int32(q[n, c0 + d]), np.int32(q[n, c0 + d + 1])     # (per query; Q = 1
+                    q2, q3 = np.int32(q[n, c0 + d + 2]), np.int32(q[n, c0 + d + 3]) # when decoding)
+                    for j in range(rows):
+                        s32[j] = np.int32(s32[j] + q0 * np.int32(rk[h, d, j]) + q1 * np.int32(rk[h, d + 1, j])
+                                          + q2 * np.int32(rk[h, d + 2, j]) + q3 * np.int32(rk[h, d + 3, j]))
+                    d += 4
+                while d < hd:
+                    qd = np.int32(q[n, c0 + d])
+                    for j in range(rows):
+                        s32[j] = np.int32(s32[j] + qd * np.int32(rk[h, d, j]))
+                    d += 1
+                for j in range(rows):
+                    s = ((np.int64(s32[j]) + 8192) >> 14) - br[t, h, j]
+                    sc[j] = s
+                    top = max(top, s)
+            else:                                               # q·k in int64
+                for j in range(rows):
+                    sc[j] = 0
+                d = 0
+                while d + 4 <= hd:
+                    base = (h * hd + d) * rows + PREFETCH_AHEAD
+                    for a in range(0, 4 * rows, 32):
+                        _prefetch(rk, base + a)
+                    q0, q1 = np.int64(q[n, c0 + d]), np.int64(q[n, c0 + d + 1])
+                    q2, q3 = np.int64(q[n, c0 + d + 2]), np.int64(q[n, c0 + d + 3])
+                    for j in range(rows):
+                        sc[j] += (q0 * np.int64(rk[h, d, j]) + q1 * np.int64(rk[h, d + 1, j])
+                                  + q2 * np.int64(rk[h, d + 2, j]) + q3 * np.int64(rk[h, d + 3, j]))
+                    d += 4
+                while d < hd:
+                    qd = np.int64(q[n, c0 + d])
+                    for j in range(rows):
+                        sc[j] += qd * np.int64(rk[h, d, j])
+                    d += 1
+                for j in range(rows):
                     s = ((sc[j] + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
                     top = max(top, s)
             for u in range(Q):                                  # and the chunk's own slots
-                if bc[t, h, u] != hidden:
+                if bc[t, h, u] != HIDDEN_BIAS:
                     acc = 0
                     for d in range(hd):
                         acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
                     s = ((acc + 8192) >> 14) - bc[t, h, u]
-                    sc[rows + u] = s
                     top = max(top, s)
-            den = 0
+                else:
+                    s = -(1 << 62)
+                sc[rows + u] = s
+            den, sh, sl = 0, 0, 0
             for j in range(rows):
-                w = table[min(top - sc[j], last)] if br[t, h, j] != hidden else 0
+                w = table[min(top - sc[j], last)]
                 e[j] = w
+                eh[j] = w >> 8
+                el[j] = w & 255
                 den += w
+                sh += w >> 8
+                sl += w & 255
             for u in range(Q):
-                w = table[min(top - sc[rows + u], last)] if bc[t, h, u] != hidden else 0
+                w = table[min(top - sc[rows + u], last)]
                 e[rows + u] = w
                 den += w
             dn = float(den)
             d = 0
-            while d + 2 <= hd:                                  # Σ e·v: values read once
+            if narrow and sh * I16_MAX <= I32_MAX and sl * I16_MAX <= I32_MAX:    # Σ e·v in int32 halves
+                while d + 2 <= hd:                              # values read once
+                    base = (h * hd + d) * rows + PREFETCH_AHEAD
+                    for a in range(0, 2 * rows, 32):
+                        _prefetch(rv, base + a)
+                    h0, l0, h1, l1 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+                    for j in range(rows):
+                        v0, v1 = np.int32(rv[h, d, j]), np.int32(rv[h, d + 1, j])
+                        h0 = np.int32(h0 + np.int32(eh[j]) * v0)
+                        l0 = np.int32(l0 + np.int32(el[j]) * v0)
+                        h1 = np.int32(h1 + np.int32(eh[j]) * v1)
+                        l1 = np.int32(l1 + np.int32(el[j]) * v1)
+                    a0 = (np.int64(h0) << 8) + np.int64(l0)
+                    a1 = (np.int64(h1) << 8) + np.int64(l1)
+                    for u in range(Q):
+                        a0 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d]
+                        a1 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d + 1]
+                    out[n, c0 + d] = np.rint(float(a0) / dn)
+                    out[n, c0 + d + 1] = np.rint(float(a1) / dn)
+                    d += 2
+                while d < hd:
+                    h0, l0 = np.int32(0), np.int32(0)
+                    for j in range(rows):
+                        v0 = np.int32(rv[h, d, j])
+                        h0 = np.int32(h0 + np.int32(eh[j]) * v0)
+                        l0 = np.int32(l0 + np.int32(el[j]) * v0)
+                    acc = (np.int64(h0) << 8) + np.int64(l0)
+                    for u in range(Q):
+                        acc += np.int64(e[rows + u]) * vc[n0 + u, c0 + d]
+                    out[n, c0 + d] = np.rint(float(acc) / dn)
+                    d += 1
+            while d < hd:                                       # Σ e·v in int64: e ≤ 2^16 · value, exact
                 base = (h * hd + d) * rows + PREFETCH_AHEAD
-                for a in range(0, 2 * rows, 32):
+                for a in range(0, rows, 32):
                     _prefetch(rv, base + a)
-                a0, a1 = 0, 0
-                for j in range(rows):                           # e ≤ 2^16 (int32) · value: exact in int64
-                    ej = np.int64(e[j])
-                    a0 += ej * np.int64(rv[h, d, j])
-                    a1 += ej * np.int64(rv[h, d + 1, j])
-                for u in range(Q):
-                    a0 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d]
-                    a1 += np.int64(e[rows + u]) * vc[n0 + u, c0 + d + 1]
-                out[n, c0 + d] = np.rint(float(a0) / dn)
-                out[n, c0 + d + 1] = np.rint(float(a1) / dn)
-                d += 2
-            while d < hd:
                 acc = 0
                 for j in range(rows):
                     acc += np.int64(e[j]) * np.int64(rv[h, d, j])
@@ -251,18 +326,29 @@ def _lane_attention(q, kc, vc, rk, rv, b, br, bc, hidden, table, hd, out, sc, e)
 
 
 @nb.njit(**_JIT)
-def attention(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, hidden, table, hd, out, b0, b1):
+def _scratch(rows, Q):
+    return (np.empty(rows + Q, np.int64), np.empty(rows, np.int32), np.empty(rows + Q, np.int32),
+            np.empty(rows, np.int16), np.empty(rows, np.int16))
+
+
+@nb.njit(**_JIT)
+def _one_lane(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, table, hd, out, b, scratch):
+    sc, s32, e, eh, el = scratch
+    if wide[b]:
+        _lane_attention(q, kc, vc, wide_k[b], wide_v[b], b, br, bc, table, hd, out, sc, s32, e, eh, el, False)
+    else:
+        _lane_attention(q, kc, vc, ring_k[b], ring_v[b], b, br, bc, table, hd, out, sc, s32, e, eh, el, True)
+
+
+@nb.njit(**_JIT)
+def attention(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, table, hd, out, b0, b1):
     """Lanes [b0, b1): out ((N, C) float64, N = lanes · Q) = the attention outputs at ACT_BITS of the
     queries q ((N, C) int32) over each lane's ring (ring_k/v: (lanes, H, hd, rows) int16, or wide_k/v
-    where wide[b]) and the chunk's keys kc / values vc ((N, C) int64). br, bc: from `bias_tables`."""
-    Q, rows = br.shape[0], ring_k.shape[3]
-    sc = np.empty(rows + Q, np.int64)
-    e = np.empty(rows + Q, np.int32)
+    where wide[b]) and the chunk's keys kc / values vc ((N, C) int64). br, bc: from `bias_tables` with
+    hidden = HIDDEN_BIAS."""
+    scratch = _scratch(ring_k.shape[3], br.shape[0])
     for b in range(b0, b1):
-        if wide[b]:
-            _lane_attention(q, kc, vc, wide_k[b], wide_v[b], b, br, bc, hidden, table, hd, out, sc, e)
-        else:
-            _lane_attention(q, kc, vc, ring_k[b], ring_v[b], b, br, bc, hidden, table, hd, out, sc, e)
+        _one_lane(q, kc, vc, ring_k, ring_v, wide_k, wide_v, wide, br, bc, table, hd, out, b, scratch)
 
 
 @nb.njit(**_JIT)
@@ -302,13 +388,18 @@ def store(kc, vc, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1):
 
 @nb.njit(**_JIT)
 def post_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, ring_k, ring_v, wide_k, wide_v, wide, br, bc,
-             hidden, table, hd, out, rows, src, b0, b1):
-    """Lanes [b0, b1) of one layer after the qkv matmul: `split_qkv`, `attention` (into out), `store`
-    (returns the number of lanes that must be widened)."""
+             table, hd, out, rows, src, b0, b1):
+    """Lanes [b0, b1) of one layer after the qkv matmul, lane by lane: `split_qkv`, `attention` (into
+    out), `store` — the ring rows a lane's new keys and values replace were just read by its attention,
+    so they are still in cache. Returns the number of lanes that must be widened."""
     Q = br.shape[0]
-    split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, b0 * Q, b1 * Q)
-    attention(q, k, v, ring_k, ring_v, wide_k, wide_v, wide, br, bc, hidden, table, hd, out, b0, b1)
-    return store(k, v, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b0, b1)
+    scratch = _scratch(ring_k.shape[3], Q)
+    bad = 0
+    for b in range(b0, b1):
+        split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, b * Q, (b + 1) * Q)
+        _one_lane(q, k, v, ring_k, ring_v, wide_k, wide_v, wide, br, bc, table, hd, out, b, scratch)
+        bad += store(k, v, ring_k, ring_v, wide_k, wide_v, wide, rows, src, hd, b, b + 1)
+    return bad
 
 
 @nb.njit(**_JIT)

@@ -33,7 +33,8 @@ linear layers (torch) and does everything between them in numba, with the same o
 (observed maximum on held-out text ~22 400; never on the golden inputs) has that layer's ring copied to
 int32 (int64 when a clamp exceeds int32) from then on, values unchanged. Dot products q·k and the sums
 Σ e·v, Σ e are int64 sums of exact int64 products (|q·k| < 2^51, e ≤ 2^16, Σ e·v < 2^51 by the same
-bounds), so their order does not matter; a score is (q·k + 2^13) >> 14, the same floor(x/2^14 + 1/2) as
+bounds), so their order does not matter (an int16 ring's sums run in int32 where bounds checked per query
+prove they fit — the same integers; see `attention_kernel._lane_attention`); a score is (q·k + 2^13) >> 14, the same floor(x/2^14 + 1/2) as
 `_fshift`; the ALiBi bias, the max subtraction, the exp table and the clamp to its last entry are the
 same; an output is np.rint(float(Σ e·v) / float(Σ e)): two integers below 2^53 convert exactly, one
 correctly rounded IEEE division (no fastmath), round half to even — what torch.round(num / den) gives.
@@ -409,7 +410,7 @@ class ExactPredictor:
             wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
             if K.post_qkv(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
                           sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
-                          br, bc, -1, t["att_exp"], hd, sc["att"], rows, src, l0, l1):
+                          br, bc, t["att_exp"], hd, sc["att"], rows, src, l0, l1):
                 with _WIDEN_LOCK:                                            # a lane outgrew int16: widen it
                     state._widen(i)
                 K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
@@ -452,7 +453,7 @@ class ExactPredictor:
             keep, rows = np.concatenate([[0], keep]), np.concatenate([[self.ring], rows])
         src = (keep - s0).astype(np.int64)
         rows = rows.astype(np.int64)
-        br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, -1)
+        br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, K.HIDDEN_BIAS)
         freq = np.empty((B * Q, 256), dtype=np.int64)
         ctx = (K, state, sc, Q, rows, src, br, bc, freq)
         T = min(self.threads or torch.get_num_threads(), B)
