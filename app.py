@@ -102,18 +102,19 @@ def build_generate_tab(api: Endpoints, visitor: gr.State) -> tuple[gr.Radio, gr.
                                             "mid-frame prompt come first, on a line of their own)",
                                       lines=6, elem_classes="bits", elem_id="out-bits")
 
-    gen_event = generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, gate_mode,
+    generate_btn.click(api.generate, [prompt, mode, n_bytes, temperature, seed, compress, gate_mode,
                                                   gate_window, visitor],
                                    [out_text, out_bits, in_ratio, out_ratio, gen_status, gate_plot, gate_events,
                                     visitor],
                                    api_name="generate", concurrency_limit=4, **RAW)
     generate_btn.click(lambda: gr.Row(visible=True), None, ratio_row, api_visibility="private")
     gate_mode.change(lambda m: gr.Plot(visible=m != "off"), gate_mode, gate_plot, api_visibility="private")
-    # The message comes in a second event, after the cancel: an update the stream had in flight when
-    # Stop was pressed lands before it, never over it.
-    gen_stop_btn.click(None, None, None, cancels=[gen_event], api_visibility="private").then(
-        lambda: "⏹ Stopped. The text and bits above are what was generated until then.", None, gen_status,
-        api_visibility="private")
+    # Stop asks the running generation to end (Visitor.stop_current_generation) instead of cancelling its event:
+    # the generation then sends its own final result, the text so far with a "Stopped" status. Gradio's
+    # `cancels=` raced the stream: its empty completion could reach the page first, which then showed "Error"
+    # over every output.
+    gen_stop_btn.click(api.generate_stop, visitor, None, api_visibility="private", concurrency_limit=None,
+                       **RAW)
     return gate_mode, gate_window
 
 

@@ -93,6 +93,25 @@ def test_closing_a_stream_stops_the_generation(tiny_model, monkeypatch):
     assert torch.is_grad_enabled()  # a stopped generation leaves this thread as it found it (training needs grad)
 
 
+def test_stop_ends_the_generation_with_its_own_final_result(tiny_model):
+    """The visitor's Stop (`should_stop` turning True) ends the generation at that chunk: its final result
+    keeps every byte streamed so far, with ratios and a "Stopped" status, and matches the unstopped
+    generation's opening bytes."""
+    asked = []
+    stream = generate_tab.generate(tiny_model, "Hello", "text", 400, 0.8, 5, True,
+                                   should_stop=lambda: asked.append(1) or len(asked) >= 2)
+    results = list(stream)
+    partial, final = results[:-1], results[-1]
+    assert len(partial) == 2 and len(asked) == 2
+    made = len(frames_of(final.bits))
+    assert made == len(frames_of(partial[-1].bits)) and 0 < made < 400
+    assert final.status.startswith(f"⏹ Stopped: generated {made} of 400 bytes") or \
+        final.status.startswith(f"⚠️ Stopped: generated {made} of 400 bytes"), final.status
+    assert final.output_ratio is not None and final.last is not None
+    full = gen(tiny_model, n_bytes=400, temperature=0.8, seed=5, compress=True)
+    assert full.bits.startswith(final.bits) and "Stopped" not in full.status
+
+
 def test_a_stream_resumed_on_other_threads_still_generates(tiny_model):
     """Gradio may run each step of a streamed generation on another worker thread (grad mode is per thread)."""
     stream = generate_tab.generate(tiny_model, "Hello", "text", 40, 0.8, 5, False)

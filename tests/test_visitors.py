@@ -414,3 +414,18 @@ def test_a_short_upload_suggests_a_model_size_only_when_one_fits(a, tmp_path):
     status = a.start(corpus="uploaded .txt", upload=upload_of(path, "mine.txt"), preset="small")
     assert_friendly(status, "too short for the small model", "pick the tiny model size")
     assert not a.running()
+
+
+def test_stop_reaches_only_its_own_visitor_and_generation(api, a, b):
+    """Generate's Stop ends the caller's running generation, never another visitor's, and a Stop pressed
+    while nothing runs does not end the next generation."""
+    a.state, b.state = Visitor(), Visitor()
+    api.generate_stop(a.state, a.request)                        # nothing running: nothing to stop later
+    stream_a = api.generate("Hello", "text", 400, 1.0, 1, False, visitor=a.state, request=a.request)
+    stream_b = api.generate("Hello", "text", 400, 1.0, 1, False, visitor=b.state, request=b.request)
+    next(stream_a), next(stream_b)
+    api.generate_stop(a.state, a.request)
+    *_, final_a = stream_a
+    *_, final_b = stream_b
+    assert final_a[4].split(": generated ")[0].endswith("Stopped"), final_a[4]
+    assert "Stopped" not in final_b[4] and len(final_b[1].split()) == 400

@@ -123,11 +123,17 @@ class Endpoints:
             {start, end, metric, value, floor, action, temperature} (output bytes [start, end)).
         """
         visitor = _visitor(visitor, request)
+        should_stop = visitor.start_generation()
         for result in generate_tab.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed,
-                                            compress, gate_mode, gate_window):
+                                            compress, gate_mode, gate_window, should_stop):
             if result.last is not None:
                 visitor.last = result.last
             yield (*result[:5], result.gate_chart, result.gate_events, visitor)
+
+    def generate_stop(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> None:
+        """Stop your running generation after its current chunk; it then returns what it wrote so far with a
+        "Stopped" status, as its own final result (another visitor's generation is never touched)."""
+        _visitor(visitor, request).stop_current_generation()
 
     # -------------------------------------------------------------------------------------- telemetry
 

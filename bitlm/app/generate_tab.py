@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import plotly.graph_objects as go
 import torch
@@ -148,7 +148,8 @@ def _gate_outputs(gate: GateConfig | None, gen: Generation, n_bytes: int) -> tup
 
 @friendly(_generate_failed)
 def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperature: Any, seed: Any,
-             compress: Any, gate_mode: Any = "off", gate_window: Any = None) -> Iterator[GenerateResult]:
+             compress: Any, gate_mode: Any = "off", gate_window: Any = None,
+             should_stop: Callable[[], bool] | None = None) -> Iterator[GenerateResult]:
     """Continue a prompt, streaming: yields the text and bits so far while the model samples, then the result.
 
     With `compress`, the prompt's bits are compressed and the model is fed the decompressed stream; the
@@ -160,9 +161,10 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     shorter than an earlier one (each yield replaces the last).
     Takes: the model, the prompt and its mode, bytes to generate (1..GEN_MAX_BYTES), temperature
     (0..TEMPERATURE_MAX, 0 greedy), seed (empty → a random one, reported), compression on/off, the gate's
-    mode and window.
+    mode and window, and `should_stop`, asked after every streamed chunk: once it returns True the generation
+    ends there as if that were its length (the visitor's Stop), and the final result says so.
     Yields: `GenerateResult`s, cumulative; ratios and `last` only in the final one. Failures come back as a
-    status message, never an exception. Closing the iterator stops the generation.
+    status message, never an exception. Closing the iterator abandons the generation (no final result).
     """
     mode = read_choice(mode, "prompt mode", PROMPT_MODES)
     n_bytes = read_int(n_bytes, "length", 1, GEN_MAX_BYTES)
@@ -194,6 +196,7 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     stream = model.generate_stream(bits, n_bytes * frame + skip, temperature=temperature, seed=seed,
                                    chunk_bits=chunk_bytes * frame, gate=gate, draft=app_model.draft)
     gen = None
+    stopped_by_visitor = False
     try:
         while True:
             # Grad mode is per thread and Gradio may resume this stream on another of its threads: set it
@@ -211,6 +214,9 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
                     status += "\n\n" + _gate_line(gate, gen.gate_events, False)
                 yield GenerateResult(text, output_bits_text(gen.bits, min(skip, gen.bits.numel()), frame), in_ratio,
                                      None, status, None, *_gate_outputs(gate, gen, done))
+                if should_stop is not None and should_stop():
+                    stopped_by_visitor = True
+                    break
     finally:
         with torch.no_grad():  # closing runs the stream's own clean-up, which may set grad mode: keep it inside
             stream.close()
@@ -233,7 +239,11 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
     made = max(gen.bits.numel() - skip, 0) // frame
     stopped = f" of {n_bytes:,} (the gate stopped it)" if gen.gate_stopped else ""
     done = f"Generated {made:,} bytes{stopped} in {elapsed:.2f} s (seed {seed})"
-    if decoded.ok:
+    if stopped_by_visitor:
+        done = f"Stopped: generated {made:,} of {n_bytes:,} bytes in {elapsed:.2f} s (seed {seed})"
+    if decoded.ok and stopped_by_visitor:
+        head = f"⏹ {done}; the text and bits above are what was generated until then, and decode cleanly as UTF-8."
+    elif decoded.ok:
         head = ok(f"{done}; they decode cleanly as UTF-8.")
     else:
         head = warn(f"{done}, but they are not all valid text: {decoded.message}",

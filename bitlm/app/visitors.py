@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -172,6 +172,22 @@ class Visitor:
     trained: AppModel | None = None
     use_trained: bool = False
     last: dict | None = None  # prompt and new bits of the last generation, for Telemetry
+    # Stop of the Generate tab: a generation runs as number `generation` and ends at its next chunk once
+    # `stop_generation` equals that number; plain ints, so the State stays copyable and an old Stop never
+    # reaches a newer generation.
+    generation: int = 0
+    stop_generation: int = -1
+
+    def start_generation(self) -> Callable[[], bool]:
+        """Number a new generation of this visitor's; returns the check that says whether Stop was pressed
+        for it (and not for an earlier one)."""
+        self.generation += 1
+        mine = self.generation
+        return lambda: self.stop_generation == mine
+
+    def stop_current_generation(self) -> None:
+        """Stop this visitor's running generation at its next chunk (nothing if none is running)."""
+        self.stop_generation = self.generation
 
     def bind(self, session_hash: str | None) -> "Visitor":
         """Take the session's id (Gradio's session hash), or a random one if there is none. Returns self."""
