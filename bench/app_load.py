@@ -1,4 +1,16 @@
-"""App load check: cold start of `python app.py`, then 8 visitors (gradio_client clients, loopback) mixing
+"""App load check. Two modes.
+
+--scaling (issue 22's thread policy): 2 000-byte generations through the API (compression on, the app's
+default), p50 latency with 1, 2, 4 and 8 visitors at once, one visitor while a training run goes, and one
+visitor beside a CPU-burning process (one `while True` loop: a busy neighbour, as a Space's two vCPUs always
+have); for the app as it is and, with --before REV, the app at that revision, in the same run; and the
+same generation in this process on one thread (`bench.sample_quality`'s code path: `model.generate` with the
+app's draft), the floor a lone visitor is held to. Prints the ratios the issue asks for: neighbour / alone,
+2 visitors / 1, 1 visitor / in-process.
+
+    python -m bench.app_load --scaling --before 5db7393^      # before: torch's default threads per request
+
+Default mode: cold start of `python app.py`, then 8 visitors (gradio_client clients, loopback) mixing
 generate, telemetry (120-character texts) and codec calls, with the trainer idle and with a training run
 going; and telemetry's time per call in the app as it was at an earlier revision, measured in the same run.
 
@@ -150,30 +162,150 @@ def telemetry_before_after(url: str, phase: str, results: Results, requests: int
         t.join()
 
 
+def burn() -> subprocess.Popen:
+    """A busy neighbour: another process spinning one core until it is killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def generations(url: str, phase: str, results: Results, visitors: int, rounds: int, n_bytes: int) -> None:
+    """`visitors` visitors at once, each generating `rounds` times `n_bytes` bytes (seeds differ)."""
+    clients = [Client(url, verbose=False, analytics_enabled=False) for _ in range(visitors)]
+
+    def visit(c: int) -> None:
+        for r in range(rounds):
+            results.add(phase, f"generate {n_bytes} B", *timed(lambda: call_generate(clients[c], 100 * c + r, n_bytes)))
+
+    threads = [threading.Thread(target=visit, args=(c,)) for c in range(visitors)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def scaling(url: str, label: str, results: Results, n_bytes: int, rounds: int, train_preset: str) -> None:
+    """The --scaling phases on the app at `url`, named `label: …`."""
+    warm = Client(url, verbose=False, analytics_enabled=False)
+    timed(lambda: call_generate(warm, 0, n_bytes))  # first-call costs are not latency
+    for visitors in (1, 2, 4, 8):
+        generations(url, f"{label}: {visitors} visitor{'s' * (visitors > 1)}", results, visitors,
+                    rounds if visitors == 1 else 1, n_bytes)
+    trainer = Client(url, verbose=False, analytics_enabled=False)
+    status = trainer.predict("pydoc", None, train_preset, 20_000, 0.5, False, api_name="/train_start")
+    if not status.startswith("✓"):
+        raise SystemExit(f"training did not start in {label}: {status}")
+    time.sleep(5)  # past the run's start-up
+    generations(url, f"{label}: 1 visitor, training", results, 1, rounds, n_bytes)
+    trainer.predict(api_name="/train_stop")
+    time.sleep(3)
+    neighbour = burn()
+    try:
+        time.sleep(1)
+        generations(url, f"{label}: 1 visitor, busy neighbour", results, 1, rounds, n_bytes)
+    finally:
+        neighbour.kill()
+
+
+def in_process(n_bytes: int, rounds: int) -> float:
+    """p50 seconds of the app's generation (shipped model, its draft, compression's codec aside) in this
+    process on one thread: `bench.sample_quality`'s measurement."""
+    from bitlm.app.visitors import load_app_model
+    from bitlm.bits.frames import frame_bits, text_to_bits
+    torch.set_num_threads(1)
+    app_model = load_app_model(ROOT / "assets", draft_corpus="shakespeare")
+    model, parity = app_model.model, app_model.model.config.parity
+    times = []
+    for r in range(rounds + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(text_to_bits(PROMPT, parity=parity), n_bytes * frame_bits(parity), temperature=0.8,
+                           seed=r, draft=app_model.draft)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])   # the first pays for warm-up
+
+
+def launched(rev: str | None):
+    """(process, url, folder to remove) of `python app.py` as it is, or at git revision `rev`."""
+    folder = None
+    cwd = ROOT
+    if rev:
+        folder = cwd = Path(tempfile.mkdtemp(prefix="bitlm-before-"))
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    port = free_port()
+    proc, _ = launch(port, cwd=cwd)
+    return proc, f"http://127.0.0.1:{port}/", folder
+
+
+def print_table(results: Results) -> None:
+    print(f"| {'phase':<44} | {'endpoint':<22} | requests | errors | p50 s | p95 s |")
+    print(f"|{'-' * 46}|{'-' * 24}|---------:|-------:|------:|------:|")
+    for (phase, endpoint), done in results.rows.items():
+        lat = [x for x, _ in done]
+        print(f"| {phase:<44} | {endpoint:<22} | {len(lat):>8} | {sum(e is not None for _, e in done):>6} | "
+              f"{statistics.median(lat):5.2f} | {pct(lat, 0.95):5.2f} |")
+
+
+def p50(results: Results, phase: str) -> float:
+    return statistics.median(x for (p, _), done in results.rows.items() if p == phase for x, _ in done)
+
+
+def main_scaling(args) -> None:
+    results = Results()
+    labels = ([f"before ({args.before})"] if args.before else []) + ["now"]
+    for label in labels:
+        proc, url, folder = launched(args.before if label != "now" else None)
+        try:
+            scaling(url, label, results, args.bytes, args.rounds, args.train_preset)
+        finally:
+            stop(proc)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            for leftover in (ROOT / "runs").glob("app-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+    alone = in_process(args.bytes, args.rounds)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"generation: {args.bytes} bytes per request, temperature 0.8, compression on; rounds {args.rounds} "
+          f"(1 for 2+ visitors: each visitor once); training: {args.train_preset} preset on pydoc")
+    print(f"in this process, one thread (bench.sample_quality's path, with the draft): p50 {alone:.2f} s "
+          f"({args.bytes / alone:.0f} B/s)")
+    print()
+    print_table(results)
+    print()
+    for label in labels:
+        one = p50(results, f"{label}: 1 visitor")
+        print(f"{label}: busy neighbour / alone {p50(results, f'{label}: 1 visitor, busy neighbour') / one:.2f}× "
+              f"(target ≤ 1.5); 2 visitors / 1 {p50(results, f'{label}: 2 visitors') / one:.2f}× (≤ 1.3); "
+              f"training / alone {p50(results, f'{label}: 1 visitor, training') / one:.2f}×; "
+              f"1 visitor / in-process {one / alone:.2f}× (≤ 1.2)")
+    errors = results.errors()
+    print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
+    sys.exit(1 if errors else 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of generate + telemetry + codec per visitor")
     ap.add_argument("--bytes", type=int, default=16, help="bytes generated per request")
     ap.add_argument("--train-preset", default="small", help="preset of the run trained during the load")
-    ap.add_argument("--before", metavar="REV", help="also time telemetry in the app at this git revision")
+    ap.add_argument("--before", metavar="REV", help="also time telemetry (with --scaling: everything) in the app "
+                                                    "at this git revision")
+    ap.add_argument("--scaling", action="store_true", help="the generation phases of issue 22 (see above); "
+                                                           "--bytes defaults to 2000, --rounds to 3")
     args = ap.parse_args()
+    if args.scaling:
+        args.bytes = 2000 if args.bytes == 16 else args.bytes
+        args.rounds = 3 if args.rounds == 5 else args.rounds
+        return main_scaling(args)
     results = Results()
 
     if args.before:
-        old = Path(tempfile.mkdtemp(prefix="bitlm-before-"))
+        proc, old_url, folder = launched(args.before)
         try:
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before], check=True, capture_output=True)
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-            old_port = free_port()
-            proc, _ = launch(old_port, cwd=old)
-            try:
-                telemetry_before_after(f"http://127.0.0.1:{old_port}/", f"before ({args.before})", results,
-                                       args.rounds, args.clients)
-            finally:
-                stop(proc)
+            telemetry_before_after(old_url, f"before ({args.before})", results, args.rounds, args.clients)
         finally:
-            shutil.rmtree(old, ignore_errors=True)
+            stop(proc)
+            shutil.rmtree(folder, ignore_errors=True)
 
     port = free_port()
     proc, cold_start = launch(port)
@@ -210,12 +342,7 @@ def main() -> None:
           f"codec: compress and decompress {len(CODEC_TEXT)} characters; training: {args.train_preset} preset "
           f"({train_line})")
     print()
-    print(f"| {'phase':<40} | {'endpoint':<22} | requests | errors | p50 s | p95 s |")
-    print(f"|{'-' * 42}|{'-' * 24}|---------:|-------:|------:|------:|")
-    for (phase, endpoint), done in results.rows.items():
-        lat = [x for x, _ in done]
-        print(f"| {phase:<40} | {endpoint:<22} | {len(lat):>8} | {sum(e is not None for _, e in done):>6} | "
-              f"{statistics.median(lat):5.2f} | {pct(lat, 0.95):5.2f} |")
+    print_table(results)
     errors = results.errors()
     print()
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
