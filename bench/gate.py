@@ -3,11 +3,12 @@
 With the model's calibrated floors (`MODEL/gate.json`, written by `python -m bitlm.cli.gate calibrate`,
 which fits them on the even-numbered documents' held-out tails), one run prints:
   * false alarms: the share of windows of held-out text the calibration did NOT use (the odd-numbered
-    documents' held-out tails) that fall below each floor;
+    documents' held-out tails) that fall below each floor (M: whose match length is above its limit);
   * detection: for --prompts prompts (openings of held-out passages, the same for every condition),
     generations of --bytes bytes with the gate in `warn` mode at temperature 0 (greedy: loops) and at
     --soup-temperature (letter soup), and, for contrast, at 0.8 (ordinary sampling): the share of
-    generations with at least one trigger, and which metric fired;
+    generations with at least one trigger, and which metric fired; greedy once more with the floors of
+    K, C and S alone (the gate before M, the long-loop signal), for before/after on the same prompts;
   * cost: generation bytes/s with the gate (warn) and without, in turns, on one thread.
 
     python -m bench.gate                          # shipped model in assets/
@@ -22,9 +23,9 @@ import torch
 
 from bench.quality import load_model_arg, machine_line
 from bitlm.bits.frames import text_to_bits
+from bitlm.generate.gate import FLOORED, GateConfig, GateFloors, false_alarm_rates, load_floors
 from bitlm.train.data import load_corpus, split_corpus
 from bitlm.train.evaluate import gate_windows
-from bitlm.generate.gate import GateConfig, false_alarm_rates, load_floors
 
 
 def prompts_from(texts: list[str], n: int, chars: int = 48, seed: int = 0) -> list[str]:
@@ -60,9 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
                  f"python -m bitlm.cli.gate calibrate --model {checkpoint}")
     heldout = split_corpus(load_corpus(args.corpus))[1]
     print(machine_line() + " (start)")
+    limit = floors.floors.get("M")
     print(f"model {checkpoint}; window {args.window} bytes; floors K {floors.floors['K']:.4f}, C {floors.floors['C']:.4f}, "
-          f"S {floors.floors['S']:.4f} (the {floors.quantile:g} quantile of {floors.n_windows} windows: {floors.source})\n",
-          flush=True)
+          f"S {floors.floors['S']:.4f} (the {floors.quantile:g} quantile of {floors.n_windows} windows: {floors.source}); "
+          + (f"M limit {limit:g} bytes (the larger of the window and the {1 - floors.quantile:g} quantile of the windows' "
+             "longest repeats)" if limit is not None else
+             "no M limit (a gate.json from before M: recalibrate)") + "\n", flush=True)
 
     unseen = gate_windows(model, heldout[1::2], [args.window])[args.window]
     false_alarms = false_alarm_rates(unseen, floors)
@@ -72,13 +76,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     prompts = prompts_from(heldout, args.prompts)
     gate = GateConfig("warn", floors)
+    before_m = GateConfig("warn", GateFloors(floors.window, {m: floors.floors[m] for m in FLOORED}, floors.quantile,
+                                             floors.n_windows, floors.source))
     detection = {}
-    for label, temperature in (("greedy (temperature 0: loops)", 0.0),
-                               (f"letter soup (temperature {args.soup_temperature:g})", args.soup_temperature),
-                               ("ordinary sampling (temperature 0.8)", 0.8)):
+    for label, temperature, config in (("greedy (temperature 0: loops)", 0.0, gate),
+                                       ("greedy, K/C/S floors only (the gate before M)", 0.0, before_m),
+                                       (f"letter soup (temperature {args.soup_temperature:g})", args.soup_temperature, gate),
+                                       ("ordinary sampling (temperature 0.8)", 0.8, gate)):
+        if config is before_m and limit is None:
+            continue
         fired, metrics = 0, collections.Counter()
         for i, prompt in enumerate(prompts):
-            g = model.generate(text_to_bits(prompt), 9 * args.bytes, temperature=temperature, seed=100 + i, gate=gate)
+            g = model.generate(text_to_bits(prompt), 9 * args.bytes, temperature=temperature, seed=100 + i, gate=config)
             fired += bool(g.gate_events)
             metrics.update({e.metric for e in g.gate_events})
         detection[label] = (fired / len(prompts), dict(metrics))
@@ -94,9 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     speed = {mode: max(v) for mode, v in runs.items()}
     cost = speed["off"] / speed["warn"] - 1
 
-    print(f"\n| held-out windows not used for calibration | windows | K | C | S |")
-    print("|---|---|---|---|---|")
-    print(f"| false-alarm rate (below the floor) | {n_unseen} | " + " | ".join(f"{false_alarms[m]:.2%}" for m in "KCS") + " |")
+    shown = [m for m in "KCSM" if m in false_alarms]
+    print(f"\n| held-out windows not used for calibration | windows | {' | '.join(shown)} |")
+    print("|---|---|" + "---|" * len(shown))
+    print(f"| false-alarm rate (below the floor; M: above its limit) | {n_unseen} | "
+          + " | ".join(f"{false_alarms[m]:.2%}" for m in shown) + " |")
     print(f"\n| {args.prompts} prompts, {args.bytes} bytes each, gate warn | triggered | by metric |")
     print("|---|---|---|")
     for label, (rate, metrics) in detection.items():

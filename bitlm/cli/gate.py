@@ -1,5 +1,6 @@
 """`python -m bitlm.cli.gate calibrate` (`bitlm-gate`): the safety gate's floors for a model folder
-(`bitlm.generate.gate`): each metric's quantile over windows of held-out text that the model scores itself,
+(`bitlm.generate.gate`): each metric's quantile over windows of held-out text that the model scores itself
+(M, the longest repeat of earlier output: a limit from above, the larger of the window and its 1 - quantile),
 checked for false alarms on other held-out windows, written to MODEL/gate.json.
 
     python -m bitlm.cli.gate calibrate --model assets --corpus shakespeare --windows 32 64 128
@@ -38,13 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     floors = [floors_from(fit[w], args.quantile, source) for w in args.windows]
     path = save_floors(floors, args.model)
     print(f"{path}: floors at the {args.quantile:g} quantile")
-    print("| window (bytes) | windows fitted | K floor | C floor | S floor | false alarms on held-out windows not "
-          "fitted (K / C / S) |")
-    print("|---|---|---|---|---|---|")
+    print(f"(M, the longest repeat of earlier text, triggers above its limit: the larger of the window and M's "
+          f"{1 - args.quantile:g} quantile over windows)")
+    print("| window (bytes) | windows fitted | K floor | C floor | S floor | M limit (bytes) | false alarms on held-out "
+          "windows not fitted (K / C / S / M) |")
+    print("|---|---|---|---|---|---|---|")
     for f in floors:
         fa = false_alarm_rates(check[f.window], f)
         print(f"| {f.window} | {f.n_windows} | {f.floors['K']:.4f} | {f.floors['C']:.4f} | {f.floors['S']:.4f} "
-              f"| {fa['K']:.1%} / {fa['C']:.1%} / {fa['S']:.1%} of {len(check[f.window].values['K'])} |")
+              f"| {f.floors['M']:g} | {fa['K']:.1%} / {fa['C']:.1%} / {fa['S']:.1%} / {fa['M']:.1%} of "
+              f"{len(check[f.window].values['K'])} |")
     return 0
 
 

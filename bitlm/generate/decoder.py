@@ -166,7 +166,7 @@ def generate_stream(model: "BitTransformerLM", prompt_bits: torch.Tensor, n_bits
                 hit = watch.check(new[first_frame:], probs[first_frame:], n_bytes)
                 if hit is not None:
                     metric, value = hit
-                    start = n_bytes - watch.window
+                    start = watch.span_start(metric, n_bytes)
                     action = gate.mode
                     if action == "retry" and watch.retries >= gate.max_retries:
                         action = "stop"

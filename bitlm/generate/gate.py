@@ -10,10 +10,23 @@ already has, K is a running count, and C, the costly one (~0.5 ms per 512-bit wi
 every `window // 8` bytes, so the gate costs a few per cent of generation. Floors are each metric's
 `quantile` (1st percentile) over windows of held-out text of the model's corpus scored by the model
 itself (`calibrate`), stored beside the model in `gate.json` and recomputed by
-`python -m bitlm.cli.gate calibrate --model assets`. Actions: `warn` marks the span and changes nothing
-(the same bits as ungated generation with the same seed), `retry` rolls back to the window's start
-and resamples with a changed temperature (hotter for a loop, cooler for soup) and seed, at most
-`max_retries` times, then stops; `stop` ends generation before the failing window.
+`python -m bitlm.cli.gate calibrate --model assets`.
+
+A loop whose period is longer than the window keeps C above its floor: every window then holds a
+passage that is new *within the window*. M, the match length, sees it: the length in bytes of the
+longest suffix of the whole output so far that also occurs earlier in it (overlap allowed) — in a
+loop of period P it grows by one a byte once P bytes have repeated, in ordinary text it stays near
+a word or a repeated speaker's name. It is a running suffix automaton (`MatchLength`, ~1 µs a byte),
+so it looks at the whole output, not a window. High is the alarm: its entry in `floors` is a limit
+from above, and M triggers when it is *above* it. The limit is the larger of the window and the
+`1 - quantile` (99th percentile) of the longest repeat in each held-out window (M's maximum over the
+window's bytes, each measured against its lane's text before it): shorter repeats are C's to judge,
+and a corpus that repeats itself more (code) gets a higher one. A gate.json written before M (no "M"
+entry) still loads, with M unchecked until it is recalibrated. Actions: `warn` marks the span and
+changes nothing (the same bits as ungated generation with the same seed), `retry` rolls back to the
+span's start and resamples with a changed temperature (hotter for a loop, cooler for soup) and seed,
+at most `max_retries` times, then stops; `stop` ends generation before the span. The span is the
+failing window, or for M the repeated passage (the last M bytes, at least a window).
 """
 from __future__ import annotations
 
@@ -29,13 +42,18 @@ from bitlm.model.telemetry import lz76_phrases
 
 GATE_FILE = "gate.json"
 MODES = ("off", "warn", "retry", "stop")
-METRICS = ("K", "C", "S")
+METRICS = ("K", "C", "S", "M")
+FLOORED = ("K", "C", "S")        # low is the alarm (a floor); M's high is (a limit from above)
+NEEDED = set(FLOORED)            # a gate file must give these; M is optional (older files lack it)
+# What each metric's trigger means: C and M both see a loop (short and long period), one kind in words.
+KIND = {"K": "uniform", "C": "loop", "M": "loop", "S": "soup"}
 
 
 @dataclass
 class GateFloors:
     """Calibrated floors for one window size: `floors[m]` is metric m's `quantile` over `n_windows`
-    windows of `window` bytes of held-out text (`source` says which)."""
+    windows of `window` bytes of held-out text (`source` says which), for K, C and S; for M (optional:
+    without it M is not checked) a limit from above, the larger of `window` and its `1 - quantile`."""
     window: int
     floors: dict[str, float]
     quantile: float
@@ -46,8 +64,8 @@ class GateFloors:
 @dataclass
 class GateEvent:
     """One trigger: the output bytes [start, end) whose window fell below `floor` on `metric` (its
-    lowest `value` there), and the `action` taken: "warn", "retry" (resampled at `temperature`) or
-    "stop"."""
+    lowest `value` there; for M, whose match length rose above the limit `floor`, its value at the
+    trigger), and the `action` taken: "warn", "retry" (resampled at `temperature`) or "stop"."""
     start: int
     end: int
     metric: str
@@ -64,7 +82,7 @@ class GateConfig:
     floors: GateFloors           # the calibrated floors of one window size
     max_retries: int = 2         # resamplings of a span before retry gives up and stops
     patience: int = 4            # consecutive checks (every window/8 bytes) below a floor before acting
-    hotter: float = 0.4          # added to the temperature when a loop (C or K) triggers a retry
+    hotter: float = 0.4          # added to the temperature when a loop (C, M or K) triggers a retry
     cooler: float = 0.7          # the temperature is multiplied by this when soup (S) triggers one
 
     def __post_init__(self) -> None:
@@ -88,6 +106,64 @@ def window_metrics(bits: np.ndarray, probs: np.ndarray, with_c: bool = True) -> 
     return {"K": 1.0 - h, "C": c, "S": float(np.exp(np.log(p).mean()))}
 
 
+class MatchLength:
+    """M, fed the output a byte at a time: `add(byte)` returns the length of the longest suffix of the
+    bytes so far that also occurs earlier in them (ending before the last byte; overlap allowed).
+
+    An online suffix automaton (Blumer et al. 1985): after each byte the state of the whole text links
+    to the state of its longest suffix that occurs at least twice, whose length is M. Amortised O(1) a
+    byte (~1 µs in Python); it cannot forget bytes, so a rollback builds a new one (`Gate.reset`)."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.length, self.link, self.next = [0], [-1], [{}]
+        self.last = 0
+        self.value = 0
+        for b in data:
+            self.add(b)
+
+    def add(self, byte: int) -> int:
+        length, link, nxt = self.length, self.link, self.next
+        cur = len(length)
+        length.append(length[self.last] + 1)
+        link.append(0)
+        nxt.append({})
+        p = self.last
+        while p != -1 and byte not in nxt[p]:
+            nxt[p][byte] = cur
+            p = link[p]
+        if p != -1:
+            q = nxt[p][byte]
+            if length[p] + 1 == length[q]:
+                link[cur] = q
+            else:                               # split q: a clone holds the shorter suffixes
+                clone = len(length)
+                length.append(length[p] + 1)
+                link.append(link[q])
+                nxt.append(dict(nxt[q]))
+                while p != -1 and nxt[p].get(byte) == q:
+                    nxt[p][byte] = clone
+                    p = link[p]
+                link[q] = link[cur] = clone
+        self.last = cur
+        self.value = length[link[cur]]
+        return self.value
+
+
+def match_lengths(data: bytes) -> np.ndarray:
+    """M after each byte of `data` (`MatchLength`), as an int array of len(data)."""
+    m = MatchLength()
+    return np.fromiter((m.add(b) for b in data), dtype=np.int64, count=len(data))
+
+
+def frame_bytes(bits, frame: int, lo: int = 0, hi: int | None = None) -> bytes:
+    """The bytes [lo, hi) of frame-aligned bits (each frame's first 8 bits, MSB first)."""
+    hi = len(bits) // frame if hi is None else hi
+    if hi <= lo:
+        return b""
+    data = np.asarray(bits[lo * frame:hi * frame], dtype=np.uint8).reshape(hi - lo, frame)[:, :8]
+    return np.packbits(data, axis=1).tobytes()
+
+
 def data_positions(n_bits: int, frame: int) -> np.ndarray:
     """Indices of the data bits among n_bits of 9-bit (parity) or 8-bit frames."""
     idx = np.arange(n_bits)
@@ -102,8 +178,10 @@ class Gate:
     in `trace`, and returns the (metric, value) that has been below its floor for `patience` checks in
     a row (the furthest below
     when several have), or None: a floor is a 1st percentile, so single windows of ordinary text dip
-    below it ~1 % of the time, while loops and soup stay below. `record` keeps the events, merging a
-    warning with the previous one of the same metric when their spans touch."""
+    below it ~1 % of the time, while loops and soup stay below. M (when the floors have it) is fed every
+    output byte up to the check and counts as below when above its limit; it is returned only when no
+    floor of K, C or S is (a short loop is C's, as before M). `record` keeps the events, merging a
+    warning with the previous one of the same kind (C and M: a loop) when their spans touch."""
 
     def __init__(self, config: GateConfig, frame: int) -> None:
         self.config, self.frame = config, frame
@@ -111,8 +189,12 @@ class Gate:
         self.stride = max(1, self.window // 8)
         self.events: list[GateEvent] = []
         self.retries = 0
-        self.below = dict.fromkeys(METRICS, 0)      # consecutive checks below each floor
+        self.below = dict.fromkeys(METRICS, 0)      # consecutive checks below each floor (M: above its limit)
         self.trace: list[tuple[int, float, float, float]] = []   # (output bytes, K, C, S) at each check
+        self.match_limit = config.floors.floors.get("M")           # None: M is not checked
+        self.data = bytearray()                     # the output bytes M has been fed
+        self.matcher = MatchLength()
+        self.matches: list[tuple[int, int]] = []    # (output bytes, M) at each check
 
     def due(self, n_bytes: int) -> bool:
         """Whether a check is due after n_bytes whole output bytes."""
@@ -124,25 +206,53 @@ class Gate:
         values = window_metrics(np.asarray(bits[lo:hi], dtype=np.uint8)[keep], np.asarray(probs[lo:hi])[keep])
         floors = self.config.floors.floors
         self.trace.append((n_bytes, values["K"], values["C"], values["S"]))
-        for m in METRICS:
+        for m in FLOORED:
             self.below[m] = self.below[m] + 1 if values[m] < floors[m] else 0
-        hits = [(values[m] - floors[m], m) for m in METRICS if self.below[m] >= self.config.patience]
-        if not hits:
-            return None
-        metric = min(hits)[1]
-        return metric, values[metric]
+        hits = [(values[m] - floors[m], m) for m in FLOORED if self.below[m] >= self.config.patience]
+        if hits:
+            metric = min(hits)[1]
+            if self.match_limit is not None:
+                self._match(bits, n_bytes)
+            return metric, values[metric]
+        if self.match_limit is not None and self._match(bits, n_bytes) >= self.config.patience:
+            return "M", float(self.matcher.value)
+        return None
+
+    def span_start(self, metric: str, n_bytes: int) -> int:
+        """The first byte of the span a trigger at n_bytes acts on: the window's, or for M the repeated
+        passage's (the last M bytes, at least the window)."""
+        if metric == "M":
+            return max(0, n_bytes - max(self.window, self.matcher.value))
+        return n_bytes - self.window
+
+    def _match(self, bits: list[int], n_bytes: int) -> int:
+        """Feed M the output bytes up to n_bytes, note M, and return the checks in a row above its limit."""
+        new = frame_bytes(bits, self.frame, len(self.data), n_bytes)
+        for b in new:
+            self.matcher.add(b)
+        self.data += new
+        self.matches.append((n_bytes, self.matcher.value))
+        self.below["M"] = self.below["M"] + 1 if self.matcher.value > self.match_limit else 0
+        return self.below["M"]
 
     def reset(self, n_bytes: int) -> None:
-        """The output was rolled back to n_bytes: forget the run of checks below floors and the
-        trace past it."""
+        """The output was rolled back to n_bytes: forget the run of checks below floors, the trace past it
+        and the bytes M saw past it."""
         self.below = dict.fromkeys(METRICS, 0)
         self.trace = [t for t in self.trace if t[0] <= n_bytes]
+        self.matches = [t for t in self.matches if t[0] <= n_bytes]
+        if len(self.data) > n_bytes:
+            del self.data[n_bytes:]
+            self.matcher = MatchLength(bytes(self.data))
 
     def record(self, start: int, end: int, metric: str, value: float, action: str,
                temperature: float | None = None) -> None:
         last = self.events[-1] if self.events else None
-        if action == "warn" and last and last.action == "warn" and last.metric == metric and start <= last.end:
-            last.end, last.value = end, min(last.value, value)
+        if (action == "warn" and last and last.action == "warn" and KIND[last.metric] == KIND[metric]
+                and start <= last.end):
+            last.end = end          # one loop marked by C, then M (or back): one span, the first metric's
+            if last.metric == metric:
+                last.value = max(last.value, value) if metric == "M" else min(last.value, value)
             return
         self.events.append(GateEvent(start, end, metric, value, self.config.floors.floors[metric], action, temperature))
 
@@ -155,19 +265,25 @@ class Gate:
 
 def describe(events: list[GateEvent], stopped: bool) -> str:
     """The gate's actions in plain words, e.g. "a repetition loop from byte 212: retried twice, then
-    stopped", or "repetition loops from bytes 24 and 1,040: retried twice" when they were two. Empty
+    stopped", or "repetition loops from bytes 24 and 1,040: retried twice" when they were two. C and M
+    both name a repetition loop. A trigger that starts inside the span of an earlier one of the same kind
+    (a retried span triggering again, or C and M on one loop) is the same place, counted once. Empty
     when nothing triggered."""
     if not events:
         return ""
-    kinds = {"C": ("a repetition loop", "repetition loops"), "K": ("a run of uniform bits", "runs of uniform bits"),
-             "S": ("text the model finds unlikely (letter soup)", "spans the model finds unlikely (letter soup)")}
+    kinds = {"loop": ("a repetition loop", "repetition loops"),
+             "uniform": ("a run of uniform bits", "runs of uniform bits"),
+             "soup": ("text the model finds unlikely (letter soup)", "spans the model finds unlikely (letter soup)")}
     starts: dict[str, list[int]] = {}
-    for e in events:                             # a retried span triggers again from the same byte: one trigger
-        if e.start not in starts.setdefault(e.metric, []):
-            starts[e.metric].append(e.start)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for e in events:
+        kind = KIND[e.metric]
+        if not any(s <= e.start < max(end, s + 1) for s, end in spans.setdefault(kind, [])):
+            starts.setdefault(kind, []).append(e.start)
+        spans[kind].append((e.start, e.end))
     whats = []
-    for metric, at in starts.items():
-        one, many = kinds[metric]
+    for kind, at in starts.items():
+        one, many = kinds[kind]
         places = ", ".join(f"{b:,}" for b in at[:-1]) + (" and " if len(at) > 1 else "") + f"{at[-1]:,}"
         whats.append(f"{one} from byte {places}" if len(at) == 1 else f"{many} from bytes {places}")
     retries = sum(e.action == "retry" for e in events)
@@ -194,7 +310,8 @@ def save_floors(floors: list[GateFloors], folder: str | Path) -> Path:
 
 
 def load_floors(folder: str | Path) -> dict[int, GateFloors]:
-    """The calibrated floors of a model folder by window size ({} when it has no gate.json).
+    """The calibrated floors of a model folder by window size ({} when it has no gate.json). A file
+    written before M (floors of K, C and S only) loads as it is: its gate does not check M.
     Raises ValueError naming the file when it is not a valid gate file."""
     path = Path(folder) / GATE_FILE
     if not path.is_file():
@@ -204,8 +321,10 @@ def load_floors(folder: str | Path) -> dict[int, GateFloors]:
         out = {}
         for d in data["windows"]:
             f = GateFloors(**d)
-            if set(f.floors) != set(METRICS) or not all(math.isfinite(v) for v in f.floors.values()) or f.window < 8:
-                raise ValueError(f"floors must give finite K, C and S for a window of ≥ 8 bytes, got {d}")
+            if (not NEEDED <= set(f.floors) <= set(METRICS) or not all(math.isfinite(v) for v in f.floors.values())
+                    or f.window < 8):
+                raise ValueError(f"floors must give finite K, C and S (and optionally M) for a window of ≥ 8 bytes, "
+                                 f"got {d}")
             out[f.window] = f
         return out
     except (UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
@@ -221,26 +340,36 @@ class Calibration:
 
 def window_values(bits: np.ndarray, probs: np.ndarray, window: int, frame: int) -> Calibration:
     """K, C, S of consecutive non-overlapping `window`-byte windows of a scored text: bits (N,) and
-    probs (N,) of its frames (N a multiple of frame)."""
+    probs (N,) of its frames (N a multiple of frame); and M, the longest repeat ending in each window
+    (M's maximum over its bytes, measured on the text from its start as the gate measures the output)."""
     n_bytes = bits.size // frame
     keep = data_positions(window * frame, frame)
     cal = Calibration(window, {m: [] for m in METRICS})
+    match = match_lengths(frame_bytes(bits, frame)) if n_bytes >= window else None
     for start in range(0, n_bytes - window + 1, window):
         sl = slice(start * frame, (start + window) * frame)
         v = window_metrics(bits[sl][keep], probs[sl][keep])
+        v["M"] = float(match[start:start + window].max())
         for m in METRICS:
             cal.values[m].append(v[m])
     return cal
 
 
 def floors_from(cal: Calibration, quantile: float, source: str) -> GateFloors:
-    """Each metric's `quantile` over the calibration windows. Raises ValueError with no windows."""
+    """Each of K, C and S's `quantile` over the calibration windows, and M's limit (when the calibration
+    has M): the larger of the window and M's `1 - quantile`. Raises ValueError with no windows."""
     if not cal.values.get("K"):
         raise ValueError(f"no window of {cal.window} bytes to calibrate on; use more text")
-    return GateFloors(cal.window, {m: float(np.quantile(cal.values[m], quantile)) for m in METRICS}, quantile,
-                      len(cal.values["K"]), source)
+    floors = {m: float(np.quantile(cal.values[m], quantile)) for m in FLOORED}
+    if cal.values.get("M"):
+        floors["M"] = max(float(cal.window), float(np.quantile(cal.values["M"], 1 - quantile)))
+    return GateFloors(cal.window, floors, quantile, len(cal.values["K"]), source)
 
 
 def false_alarm_rates(cal: Calibration, floors: GateFloors) -> dict[str, float]:
-    """Share of windows below each floor (on windows the floors were not computed from)."""
-    return {m: float(np.mean(np.asarray(cal.values[m]) < floors.floors[m])) for m in METRICS}
+    """Share of windows below each floor (for M: above its limit), on windows the floors were not
+    computed from; for each metric both have."""
+    out = {m: float(np.mean(np.asarray(cal.values[m]) < floors.floors[m])) for m in FLOORED}
+    if "M" in floors.floors and cal.values.get("M"):
+        out["M"] = float(np.mean(np.asarray(cal.values["M"]) > floors.floors["M"]))
+    return out
