@@ -110,12 +110,23 @@ def residual_add(x, y, bias, scale, clamp, res_clamp, r0, r1):
 @nb.njit(**_JIT)
 def gelu(y, bias, scale, clamp, table, r, out, r0, r1):
     """The fc linear's rounding and clamp, then GELU from the table on [-r, r] (0 below, identity
-    above: table[c + r] + max(u - c, 0) with c = clamp(u, ±r)), as float64 for the next matmul."""
+    above: table[c + r] + max(u - c, 0) with c = clamp(u, ±r)), as float64 for the next matmul.
+    Computed in float64 throughout (`_shift_clamp`'s value u and c are integers below 2^53, so the
+    clamps, the sum and the conversions are exact: the integers of the int64 formula), with the
+    rounding's branch on `scale` taken once, outside the loops."""
+    rf = float(r)
+    lo, hi = -clamp, clamp
     for n in range(r0, r1):
-        for i in range(y.shape[1]):
-            u = int(_shift_clamp(y[n, i], bias[i], scale, clamp))
-            c = min(max(u, -r), r)
-            out[n, i] = float(table[c + r] + max(u - c, 0))
+        if scale < 1.0:
+            for i in range(y.shape[1]):
+                u = min(max(math.floor((y[n, i] + bias[i]) * scale + 0.5), lo), hi)
+                c = min(max(u, -rf), rf)
+                out[n, i] = float(table[int(c) + r]) + max(u - c, 0.0)
+        else:
+            for i in range(y.shape[1]):
+                u = min(max((y[n, i] + bias[i]) * scale, lo), hi)
+                c = min(max(u, -rf), rf)
+                out[n, i] = float(table[int(c) + r]) + max(u - c, 0.0)
 
 
 @nb.njit(**_JIT)
