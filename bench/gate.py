@@ -9,6 +9,9 @@ which fits them on the even-numbered documents' held-out tails), one run prints:
     --soup-temperature (letter soup), and, for contrast, at 0.8 (ordinary sampling): the share of
     generations with at least one trigger, and which metric fired; greedy once more with the floors of
     K, C and S alone (the gate before M, the long-loop signal), for before/after on the same prompts;
+    and how many generations end in a loop (their last 256 bytes repeat with a period of at most 128
+    bytes, `tail_period`), how many of those the gate marks there (a span in the last 256 bytes), and the
+    same for the loops whose period is longer than the window (the ones C cannot see);
   * cost: generation bytes/s with the gate (warn) and without, in turns, on one thread.
 
     python -m bench.gate                          # shipped model in assets/
@@ -22,8 +25,8 @@ import time
 import torch
 
 from bench.quality import load_model_arg, machine_line
-from bitlm.bits.frames import text_to_bits
-from bitlm.generate.gate import FLOORED, GateConfig, GateFloors, false_alarm_rates, load_floors
+from bitlm.bits.frames import frame_bits, text_to_bits
+from bitlm.generate.gate import FLOORED, GateConfig, GateFloors, false_alarm_rates, frame_bytes, load_floors
 from bitlm.train.data import load_corpus, split_corpus
 from bitlm.train.evaluate import gate_windows
 
@@ -39,6 +42,15 @@ def prompts_from(texts: list[str], n: int, chars: int = 48, seed: int = 0) -> li
             at = rng.choice(starts)
             out.append(text[at:at + chars])
     return out
+
+
+def tail_period(data: bytes, span: int = 256, max_period: int = 128) -> int | None:
+    """The smallest period P ≤ max_period with which the last `span` bytes of data repeat (they equal the
+    `span` bytes P before them), or None: the output ends in a loop of period P."""
+    for period in range(1, max_period + 1):
+        if len(data) >= span + period and data[-span:] == data[-span - period:-period]:
+            return period
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,20 +90,29 @@ def main(argv: list[str] | None = None) -> dict:
     gate = GateConfig("warn", floors)
     before_m = GateConfig("warn", GateFloors(floors.window, {m: floors.floors[m] for m in FLOORED}, floors.quantile,
                                              floors.n_windows, floors.source))
-    detection = {}
+    detection, loops = {}, {}
+    frame, span = frame_bits(model.config.parity), 256
     for label, temperature, config in (("greedy (temperature 0: loops)", 0.0, gate),
                                        ("greedy, K/C/S floors only (the gate before M)", 0.0, before_m),
                                        (f"letter soup (temperature {args.soup_temperature:g})", args.soup_temperature, gate),
                                        ("ordinary sampling (temperature 0.8)", 0.8, gate)):
         if config is before_m and limit is None:
             continue
-        fired, metrics = 0, collections.Counter()
+        fired, metrics, ends = 0, collections.Counter(), collections.Counter()
         for i, prompt in enumerate(prompts):
-            g = model.generate(text_to_bits(prompt), 9 * args.bytes, temperature=temperature, seed=100 + i, gate=config)
+            g = model.generate(text_to_bits(prompt), frame * args.bytes, temperature=temperature, seed=100 + i,
+                               gate=config)
             fired += bool(g.gate_events)
             metrics.update({e.metric for e in g.gate_events})
+            period = tail_period(frame_bytes(g.bits.tolist(), frame), span)
+            if period is not None:
+                marked = any(e.end > args.bytes - span for e in g.gate_events)
+                long = period > args.window
+                ends.update({"loops": 1, "marked": marked, "long": long, "long marked": long and marked})
         detection[label] = (fired / len(prompts), dict(metrics))
-        print(f"  {label}: {fired}/{len(prompts)} generations triggered the gate {dict(metrics)}", flush=True)
+        loops[label] = {k: ends[k] for k in ("loops", "marked", "long", "long marked")}
+        print(f"  {label}: {fired}/{len(prompts)} generations triggered the gate {dict(metrics)}; "
+              f"ending in a loop {loops[label]}", flush=True)
 
     prompt = text_to_bits(prompts[0])
     runs = {"off": [], "warn": []}
@@ -108,16 +129,19 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|" + "---|" * len(shown))
     print(f"| false-alarm rate (below the floor; M: above its limit) | {n_unseen} | "
           + " | ".join(f"{false_alarms[m]:.2%}" for m in shown) + " |")
-    print(f"\n| {args.prompts} prompts, {args.bytes} bytes each, gate warn | triggered | by metric |")
-    print("|---|---|---|")
+    print(f"\n| {args.prompts} prompts, {args.bytes} bytes each, gate warn | triggered | by metric | end in a loop "
+          f"(marked there) | of which period > {args.window} bytes (marked there) |")
+    print("|---|---|---|---|---|")
     for label, (rate, metrics) in detection.items():
-        print(f"| {label} | {rate:.0%} | {', '.join(f'{m}: {n}' for m, n in sorted(metrics.items())) or '—'} |")
+        ends = loops[label]
+        print(f"| {label} | {rate:.0%} | {', '.join(f'{m}: {n}' for m, n in sorted(metrics.items())) or '—'} "
+              f"| {ends['loops']} ({ends['marked']}) | {ends['long']} ({ends['long marked']}) |")
     print(f"\n| generation, {args.bytes} bytes, {args.threads} thread(s) | bytes/s | cost |")
     print("|---|---|---|")
     print(f"| gate off | {speed['off']:.0f} | — |")
     print(f"| gate warn, {args.window}-byte window | {speed['warn']:.0f} | {cost:+.1%} |")
     print("\n" + machine_line() + " (end)")
-    return {"false_alarms": false_alarms, "detection": detection, "speed": speed, "cost": cost}
+    return {"false_alarms": false_alarms, "detection": detection, "loops": loops, "speed": speed, "cost": cost}
 
 
 if __name__ == "__main__":

@@ -164,6 +164,11 @@ def test_gate_bench_end_to_end(tmp_path, model, capsys):
     assert out["detection"]["greedy (temperature 0: loops)"][0] == 1.0       # the untrained model loops
     assert out["detection"]["greedy, K/C/S floors only (the gate before M)"][0] == 1.0
     assert "M limit" in text and "| K | C | S | M |" in text
+    assert out["loops"]["greedy (temperature 0: loops)"] == {"loops": 0, "marked": 0, "long": 0, "long marked": 0}
+    loop = b"Once upon a time. " + PASSAGE * 5
+    assert gate_bench.tail_period(loop) == len(PASSAGE) == 71
+    assert gate_bench.tail_period(loop[:300]) is None                    # 256 + 71 bytes needed
+    assert gate_bench.tail_period(b"ab" * 200) == 2 and gate_bench.tail_period(bytes(range(256)) * 2) is None
     assert "| gate warn, 16-byte window |" in text and "false-alarm rate" in text
     with pytest.raises(SystemExit):
         gate_bench.main(["--model", str(folder), "--corpus", str(corpus), "--window", "99"])
@@ -264,12 +269,12 @@ class ScriptedDecoder:
 
 PROMPT = "KING.\n"
 LEAD = b"Then let the trumpets sound, for we will meet them at the gates of York, and say so. "
-PASSAGE = b"I am a good man in my life, and my life is not a fool.\n\nPARIS.\nO, sir!\n"   # 72 bytes
+PASSAGE = b"I am a good man in my life, and my life is not a fool.\n\nPARIS.\nO, sir!\n"   # 71 bytes
 SCRIPT = text_to_bits(PROMPT + (LEAD + PASSAGE * 12).decode()).tolist()
 
 
 def test_generation_marks_retries_and_stops_a_long_loop(model, monkeypatch):
-    """A generation that repeats a 72-byte passage (a scripted decoder): warn marks the repeat and changes no
+    """A generation that repeats a 71-byte passage (a scripted decoder): warn marks the repeat and changes no
     bit; stop ends the text before the repeated passage; retry resamples it (hotter) twice, then stops."""
     from bitlm.generate import decoder
     monkeypatch.setattr(decoder, "BitDecoder", ScriptedDecoder)
