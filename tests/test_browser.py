@@ -226,10 +226,12 @@ def test_training_draws_the_loss_chart_and_stops(page):
 def test_telemetry_heatmap(page):
     page.get_by_role("tab", name="Telemetry").click()
     page.get_by_text("text below", exact=True).click()
-    page.get_by_label("Text (≤", exact=False).fill("x" * 120)
+    text = ("Now is the winter of our discontent made glorious summer by this sun of York; " * 30)[:2000]
+    page.get_by_label("Text (≤", exact=False).fill(text)
     page.locator("#telemetry-btn").click()
-    page.locator("#tel-status").get_by_text("Telemetry with").wait_for()
+    page.locator("#tel-status").get_by_text("The model read all 18,000 bits").wait_for()   # every byte, sliding
     page.locator("#heatmap .heatmaplayer").wait_for()
+    page.get_by_text("Bits per byte along the decompressed bits (2,000 bytes").wait_for()
     page.screenshot(path=str(OUT / "telemetry.png"), full_page=True)
 
 

@@ -10,7 +10,7 @@ import torch
 from bitlm.bits.frames import bytes_to_bits
 from bitlm.train.data import load_corpus
 from bitlm.cli.evaluate import main
-from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream
+from bitlm.train.evaluate import classic_bits_per_byte, evaluate_model, evaluate_stream, sliding_logprobs
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
 from bitlm.train.checkpoints import save_checkpoint
@@ -154,3 +154,19 @@ def test_streaming_evaluation_is_each_lanes_full_sliding_forward():
         evaluate_stream(BitTransformerLM(BitLMConfig(block_size=72, n_layer=1, n_head=2, n_embd=16, pos="learned")), raw)
     with pytest.raises(ValueError, match="empty"):
         evaluate_stream(model, b"")
+
+
+@pytest.mark.parametrize("stream_type,n_bits", [(0, 9 * 40), (1, 9 * 40 - 5), (1, 7)])
+def test_sliding_logprobs_of_any_bits_equal_the_full_forward(stream_type, n_bits):
+    """Bits of any length (a stream need not be whole patches) and either stream type: the same per-bit
+    log-probabilities as one forward over all of them (which slides its window inside)."""
+    torch.manual_seed(1)
+    model = BitTransformerLM(BitLMConfig(block_size=9 * 40, n_layer=2, n_head=2, n_embd=32, attn_window=4)).eval()
+    bits = torch.randint(0, 2, (n_bits,))
+    with torch.no_grad():
+        full, _ = model._forward(bits[None], stream_type, telemetry=False, return_attention=False)
+    slid = sliding_logprobs(model, bits, stream_type)
+    assert slid.shape == (n_bits, 2)
+    assert torch.allclose(slid, full[0], atol=1e-5)
+    with pytest.raises(ValueError, match="no bits"):
+        sliding_logprobs(model, bits[:0])

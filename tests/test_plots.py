@@ -204,3 +204,22 @@ def test_one_name_per_metric_on_every_tab():
         for letter, word in re.findall(r"\b([KCS]) \(([A-Za-z]+)", path.read_text(encoding="utf-8")):
             if word not in ("and", "the"):
                 assert word in wanted, f"{path.name}: {letter} ({word}"
+
+
+def test_position_figure_draws_bits_for_short_texts_and_bytes_for_long_ones():
+    rng = np.random.default_rng(0)
+    short = rng.integers(0, 2, 9 * plots.BIT_DETAIL_BYTES)
+    fig = plots.position_figure(np.full(short.size, 0.5), np.ones(short.size), short, frame=9)
+    assert fig.data[0].name == "P(bit = 1)" and len(fig.data[0].y) == short.size
+    n = 2000
+    bits = rng.integers(0, 2, 9 * n)
+    p = np.where(bits == 1, 0.75, 0.25)                  # every bit given 0.75: 8 · log2(4/3) bits per byte
+    fig = plots.position_figure(p, np.ones(bits.size), bits, frame=9)
+    dots, smooth = fig.data[:2]
+    assert len(dots.y) == len(smooth.y) == n
+    assert np.allclose(dots.y, 8 * np.log2(4 / 3)) and np.allclose(smooth.y, 8 * np.log2(4 / 3))
+    assert "2,000 bytes" in fig.layout.title.text
+    stream = plots.position_figure(p[:8 * 100], np.ones(800), bits[:800], frame=0, what="compressed stream")
+    assert len(stream.data[0].y) == 100 and "8 stream bits" in stream.layout.title.text
+    with pytest.raises(ValueError):
+        plots.position_figure(p[:-1], np.ones(bits.size), bits, frame=9)

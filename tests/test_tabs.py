@@ -1,4 +1,5 @@
 """bitlm.app's Generate and Telemetry tabs: the app's work on one model called directly (no server, no browser), on the tiny untrained model."""
+import dataclasses
 import json
 import threading
 
@@ -10,6 +11,7 @@ from bitlm.bits.frames import bytes_to_bits, format_bits, text_to_bits
 from bitlm.bits.codec import CodecError, compress_bits, compression_ratio
 from bitlm.generate.decoder import Generation
 from bitlm.model.config import BitLMConfig
+from bitlm.model.telemetry import negentropy
 from bitlm.model.transformer import BitTransformerLM
 from bitlm.app.visitors import AppModel
 from conftest import FAILED, assert_friendly
@@ -348,9 +350,30 @@ def test_telemetry_on_the_last_generation(tiny_model):
     assert len(result.probability.data[0].y) == (2 + 4) * 9
 
 
-def test_telemetry_crops_long_inputs_to_the_context(tiny_model):
-    result = telemetry_tab.telemetry(tiny_model, "text below", "abc" * 100, "compressed stream", None)
-    assert "fit the model's context" in result.status
+@pytest.mark.parametrize("view", telemetry_tab.TELEMETRY_VIEWS)
+def test_telemetry_covers_the_whole_text(tiny_model, view):
+    """2 000 characters, far past tiny's 144-bit block: the model reads every bit (sliding), K and S describe
+    all of them, and the chart is one dot per byte (or per 8 stream bits) with a smoothed line."""
+    text = ("Now is the winter of our discontent made glorious summer by this sun of York; " * 30)[:2000]
+    result = telemetry_tab.telemetry(tiny_model, "text below", text, view, None)
+    assert not result.status.startswith(FAILED), result.status
+    bits = text_to_bits(text)
+    read = bits if view == "decompressed bits" else compress_bits(bits)
+    assert f"read all {read.numel():,} bits" in result.status, result.status
+    k = float(result.table.set_index("name").loc["K", "value"])
+    assert k == pytest.approx(negentropy(read), abs=1e-4)
+    dots, smooth = result.probability.data[:2]
+    assert len(dots.y) == (2000 if view == "decompressed bits" else read.numel() // 8)
+    assert len(smooth.y) == len(dots.y) and "mean over" in smooth.name
+    if view == "decompressed bits":
+        assert dots.text[0] == "'N'"
+
+
+def test_a_model_that_cannot_slide_reads_the_last_block(tiny_model):
+    config = dataclasses.replace(tiny_model.model.config, pos="learned", attn_window=0)
+    v1 = dataclasses.replace(tiny_model, model=BitTransformerLM(config).eval())
+    result = telemetry_tab.telemetry(v1, "text below", "abc" * 100, "compressed stream", None)
+    assert "fit this model's context" in result.status, result.status
 
 
 @pytest.mark.parametrize("source,text,view,fragment", [

@@ -184,6 +184,61 @@ def probability_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray | No
     return fig
 
 
+BIT_DETAIL_BYTES = 64   # up to this many bytes the per-position chart draws every bit; beyond, bits per byte
+
+
+def _label(byte: int) -> str:
+    return repr(chr(byte)) if 32 <= byte < 127 else f"0x{byte:02x}"
+
+
+def position_figure(p: np.ndarray, entropy: np.ndarray, bits: np.ndarray, frame: int = 9,
+                    what: str = "decompressed bits") -> go.Figure:
+    """The per-position chart of the Telemetry tab, readable at any length: up to `BIT_DETAIL_BYTES` bytes
+    every bit (`probability_figure`); beyond, what each byte cost the model, −log2 of the probability it gave
+    the byte's data bits (8 per frame; a parity bit is set, not coded), a dot per byte with its character on
+    hover and a smoothed line (the mean over about 2 % of the text, at least 8 bytes), beside the 8 bits a
+    byte takes uncompressed. A stream (frame 0) is shown per 8 stream bits.
+
+    Takes: 1-D arrays p = P(bit = 1), entropy and the observed 0/1 bits, all of length T; the frame size (9,
+    8, or 0 for a stream); what the model read (for the title). Returns: the figure.
+    Raises: ValueError if the lengths disagree."""
+    p, bits = np.asarray(p, dtype=float).ravel(), np.asarray(bits).astype(np.int64).ravel()
+    group = frame or 8
+    n = bits.size // group
+    if n <= BIT_DETAIL_BYTES:
+        return probability_figure(p, entropy, bits, frame=frame,
+                                  title=f"Per-position prediction ({what}, {bits.size:,} bits)")
+    if p.size != bits.size or np.asarray(entropy).size != bits.size:
+        raise ValueError(f"p, entropy and bits must have the same length (got {p.size}, {np.asarray(entropy).size}, "
+                         f"{bits.size})")
+    given = np.where(bits == 1, p, 1.0 - p)
+    cost = -np.log2(np.clip(given, 1e-12, 1.0))[:n * group].reshape(n, group)[:, :8].sum(1)       # (n,) bits
+    data = bits[:n * group].reshape(n, group)[:, :8]
+    values = data @ (1 << np.arange(7, -1, -1))                                                   # (n,) bytes
+    w = max(8, n // 50)
+    sums = np.concatenate([[0.0], np.cumsum(cost)])
+    lo, hi = np.maximum(np.arange(n) - w // 2, 0), np.minimum(np.arange(n) + (w + 1) // 2, n)
+    smooth = (sums[hi] - sums[lo]) / (hi - lo)                                                    # centred mean
+    x = np.arange(n)
+    unit = "byte" if frame else "8 stream bits"
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=cost, mode="markers", name=f"bits for each {unit}",
+                             marker=dict(color="rgba(31,119,180,0.35)", size=4),
+                             text=[_label(int(b)) for b in values] if frame else None,
+                             hovertemplate=f"{unit} %{{x}}" + (" %{text}" if frame else "") +
+                                           "<br>%{y:.2f} bits<extra></extra>"))
+    fig.add_trace(go.Scatter(x=x, y=smooth, mode="lines", name=f"mean over {w} {unit}s",
+                             line=dict(color="#d62728", width=2), hoverinfo="skip"))
+    fig.add_hline(y=8, line=dict(color="#999", dash="dash"), annotation_text="8 bits: uncompressed",
+                  annotation_position="top left")
+    fig.update_layout(title=f"Bits per {unit} along the {what} ({n:,} {unit}s, mean {cost.mean():.2f} bits; bit by "
+                            f"bit up to {BIT_DETAIL_BYTES})",
+                      xaxis_title=f"{unit} position", yaxis_title="bits", height=340,
+                      yaxis=dict(rangemode="tozero"), margin=dict(l=50, r=20, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.3, yanchor="top"))
+    return fig
+
+
 def attention_heatmap(att: np.ndarray, layer: int, head: int) -> go.Figure:
     """One head's attention matrix as a heatmap (rows: query patch, columns: key patch).
 

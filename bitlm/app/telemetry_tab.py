@@ -1,5 +1,8 @@
 """The Telemetry tab's work: K, C, S, per-position predictions and attention heatmaps of the last
-generation or of a typed text, read raw (through `forward_compressed`) or as the compressed stream itself.
+generation or of a typed text, read raw (through the codec: compressed, then decompressed) or as the
+compressed stream itself. The model reads the whole input with its attention window sliding
+(`bitlm.train.evaluate.sliding_logprobs`); the attention heatmap, a (slots × slots) picture, shows the last
+block (`forward_compressed`). A v1 model, which cannot slide, reads the last block only, and says so.
 
 Like `bitlm.app.generate_tab`, every function takes the `AppModel` the calling visitor uses and the raw values
 of the UI's fields, checks them with `bitlm.app.inputs`, and turns every failure into a status message.
@@ -15,8 +18,10 @@ import torch
 from bitlm.app import plots
 from bitlm.app.inputs import InputError, friendly, ok, ratio_line, read_choice, read_int, read_text
 from bitlm.app.visitors import AppModel
-from bitlm.bits.codec import HEADER_BITS, compress_bits
+from bitlm.bits.codec import HEADER_BITS, compress_bits, decompress_bits
 from bitlm.bits.frames import frame_bits, text_to_bits
+from bitlm.model.telemetry import compute_telemetry
+from bitlm.train.evaluate import can_slide, sliding_logprobs
 
 TEXT_MAX_CHARS = 2_000   # as Generate's prompt: shown beside the field
 LAYER_MAX = 1_000  # layer and head numbers are clamped to the model's; this only bounds what is typed
@@ -77,28 +82,38 @@ def telemetry(app_model: AppModel, source: Any, text: Any, view: Any, last: dict
         parity = model.config.parity
         bits = text_to_bits(read_text(text, "telemetry text", TEXT_MAX_CHARS), parity=parity)
     frame = frame_bits(parity)
-    # The stream view needs room for the codec header; crop whole frames from the front.
-    room = model.config.block_size - (HEADER_BITS if view == "compressed stream" else 0)
-    if bits.numel() > room:
-        keep = room - room % frame
-        notes.append(f"Only the last {keep:,} of {bits.numel():,} bits fit the model's context.")
-        bits = bits[-keep:]
     stream = compress_bits(bits)
-    with torch.no_grad():
-        if view == "decompressed bits":
-            _, tel = model.forward_compressed([stream], return_attention=True)
-            read = bits
-        else:
-            _, tel = model.forward(stream[None], stream_type=1, return_attention=True)
-            read, frame = stream, 0
     notes.append(ratio_line("Stream", bits, stream))
+    # The bits the model reads: the decompressed stream (the codec is lossless: the same bits), or the stream.
+    read = decompress_bits(stream, max_bits=bits.numel()) if view == "decompressed bits" else stream
+    read_frame, stream_type = (frame, 0) if view == "decompressed bits" else (0, 1)
+    # The heatmap's block: the last whole frames that fit, with room for the codec header in the stream view.
+    room = model.config.block_size - (HEADER_BITS if view == "compressed stream" else 0)
+    tail = bits[-(room - room % frame):] if bits.numel() > room else bits
+    with torch.no_grad():
+        tail_stream = compress_bits(tail)
+        if view == "decompressed bits":
+            _, tail_tel = model.forward_compressed([tail_stream], return_attention=True)
+        else:
+            _, tail_tel = model.forward(tail_stream[None], stream_type=1, return_attention=True)
+    if can_slide(model):
+        logits = sliding_logprobs(model, read, stream_type)                                     # (T, 2)
+        tel = compute_telemetry(read, logits, on="decompressed" if view == "decompressed bits" else "stream")
+        if tail.numel() < bits.numel():
+            notes.append(f"The model read all {read.numel():,} bits, its attention window sliding; the attention "
+                         f"map shows the last {tail.numel() // frame:,} bytes (one block).")
+    else:
+        tel = tail_tel
+        read = tail_stream if view == "compressed stream" else tail
+        if tail.numel() < bits.numel():
+            notes.append(f"Only the last {tail.numel():,} of {bits.numel():,} bits fit this model's context (a "
+                         "v1 model with learned positions cannot slide).")
     table = plots.telemetry_table({k: getattr(tel, k) for k in plots.TELEMETRY_EXPLAINED})
     summary = " · ".join(f"**{r.name}** {r.value:.3f}" for r in table.itertuples() if r.value is not None)
-    p = tel.p[0, :read.numel()].float().numpy()
-    entropy = tel.entropy[0, :read.numel()].float().numpy()
-    prob = plots.probability_figure(p, entropy, read.numpy(), frame=frame,
-                                    title=f"Per-position prediction ({view}, {read.numel():,} bits)")
-    attention = [a[0].float().numpy() for a in tel.attention] if tel.attention else None
+    p = tel.p.reshape(-1)[:read.numel()].float().numpy()
+    entropy = tel.entropy.reshape(-1)[:read.numel()].float().numpy()
+    prob = plots.position_figure(p, entropy, read.numpy(), frame=read_frame, what=view)
+    attention = [a[0].float().numpy() for a in tail_tel.attention] if tail_tel.attention else None
     status = "\n\n".join([ok(f"Telemetry with the model reading the {view}; K and C describe the {tel.on} bits."),
                           *notes])
     return TelemetryResult(summary, table, prob, heatmap(attention, layer, head), status, attention)

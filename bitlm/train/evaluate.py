@@ -105,55 +105,86 @@ def evaluate_model(model: BitTransformerLM, data: str | bytes, batch_size: int =
             "n_bytes": int(totals["bytes"]), "n_bits": int(totals["bits"])}
 
 
-def stream_logprobs(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-bit log-probabilities of `model` reading `data` as a stream, its attention window sliding
-    over it: what generation and the neural codec see (no window boundaries; every byte after the
-    first window has a full window of context).
+def can_slide(model: BitTransformerLM) -> bool:
+    """Whether the model reads a stream of any length with its attention window sliding (v2: ALiBi positions
+    and the factorized local model); a v1 model (learned positions) reads one block at most."""
+    return model.config.pos != "learned" and model.config.local == "factorized"
 
-    Takes: a v2 model (sliding positions, factorized local model), text or bytes, and the number of
-    lanes: the data is cut into that many contiguous pieces of whole bytes, each read from its own
-    start (a cold start per lane, as in the codec), stepped together in batched chunks of one window.
-    Returns: bits (B, L·frame) int64 0/1, log-probs (B, L·frame, 2) of each bit given everything
-    before it in its lane, and real (B, L) bool marking bytes of data (the last lane is padded).
-    Raises: `ValueError` for empty data, a learned-position (v1) model, which cannot slide, or the
-    transformer local model."""
+
+def sliding_logprobs(model: BitTransformerLM, bits: torch.Tensor, stream_type: int = 0) -> torch.Tensor:
+    """Per-bit log-probabilities of `model` reading rows of bits of any length, its attention window sliding
+    (no block boundaries: every patch after the first window has a full window of context), stepped in
+    batched chunks of one window with a rolling KV cache, as generation and the neural codec read.
+
+    Takes: a v2 model (`can_slide`), bits (B, T) or (T,) 0/1 (T need not be whole patches: the last patch is
+    padded with zeros, which no real bit's prediction sees), and the stream type (0 raw bits, 1 a compressed
+    stream). Returns: (B, T, 2) float log-probabilities (a (T, 2) for 1-D bits), [t] predicting bit t from
+    the bits before it. Raises: `ValueError` for no bits or a model that cannot slide."""
     from bitlm.model.layers import KVCache, bit_conditionals, gather_bits
 
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if not raw:
-        raise ValueError("nothing to evaluate: the text is empty")
+    if not can_slide(model):
+        raise ValueError("sliding needs a v2 model (ALiBi positions, factorized local model); this one reads one "
+                         f"block of {model.config.block_size} bits at most")
+    one = bits.dim() == 1
+    bits = bits[None] if one else bits
+    B, T = bits.shape
+    if T == 0:
+        raise ValueError("no bits to read")
     c = model.config
-    if c.pos == "learned" or c.local != "factorized":
-        raise ValueError("streaming evaluation needs a sliding-window model with the factorized local model; "
-                         "use evaluate_model (windows) for this one")
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes must be an int ≥ 1, got {lanes!r}")
-    frame, p = frame_bits(c.parity), c.patch_size
-    lanes = min(lanes, len(raw))
-    per_lane = -(-len(raw) // lanes)
-    pieces = [raw[i * per_lane:(i + 1) * per_lane] for i in range(lanes)]
-    real = torch.tensor([[j < len(piece) for j in range(per_lane)] for piece in pieces])           # (B, L) bytes
-    bits = bytes_to_bits(b"".join(piece.ljust(per_lane, b" ") for piece in pieces), parity=c.parity)
-    bp = bits.view(lanes, per_lane, frame).long()                                                  # (B, L, p)
-    patterns = (bp * model.bit_weights).sum(-1)                                                    # (B, L)
-    stream = torch.zeros(lanes, dtype=torch.long)
-    parity_rows = torch.full((lanes,), c.parity)
-    out = torch.empty(lanes, per_lane, p, 2)
+    p = c.patch_size
+    n = -(-T // p)
+    bp = torch.zeros(B, n * p, dtype=torch.long)
+    bp[:, :T] = bits.long()
+    bp = bp.view(B, n, p)                                                                          # (B, n, p)
+    patterns = (bp * model.bit_weights).sum(-1)                                                    # (B, n)
+    stream = torch.full((B,), stream_type, dtype=torch.long)
+    parity_rows = (stream == 0) & c.parity
+    out = torch.empty(B, n, p, 2)
     cache = KVCache(c.n_layer, c.window)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             weights = model.step_weights()
-            for lo in range(0, per_lane, c.window):
-                hi = min(lo + c.window, per_lane)                         # slots [lo, hi) predict patches lo..hi-1
+            for lo in range(0, n, c.window):
+                hi = min(lo + c.window, n)                                # slots [lo, hi) predict patches lo..hi-1
                 x = model._embed(patterns[:, max(lo - 1, 0):hi - 1], lo, stream, with_bos=lo == 0)
                 h = model._global_step(x, cache, weights)                 # (B, m, C)
                 lp = bit_conditionals(model._pattern_logprobs(h, parity_rows), p)
                 out[:, lo:hi] = gather_bits(lp, patterns[:, lo:hi], p)    # (B, m, p, 2)
     finally:
         model.train(was_training)
-    return bp.flatten(1), out.flatten(1, 2), real
+    out = out.flatten(1, 2)[:, :T]                                                                 # (B, T, 2)
+    return out[0] if one else out
+
+
+def stream_logprobs(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bit log-probabilities of `model` reading `data` as a stream, its attention window sliding
+    over it (`sliding_logprobs`): what generation and the neural codec see.
+
+    Takes: a v2 model (sliding positions, factorized local model), text or bytes, and the number of
+    lanes: the data is cut into that many contiguous pieces of whole bytes, each read from its own
+    start (a cold start per lane, as in the codec), stepped together.
+    Returns: bits (B, L·frame) int64 0/1, log-probs (B, L·frame, 2) of each bit given everything
+    before it in its lane, and real (B, L) bool marking bytes of data (the last lane is padded).
+    Raises: `ValueError` for empty data, a learned-position (v1) model, which cannot slide, or the
+    transformer local model."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if not raw:
+        raise ValueError("nothing to evaluate: the text is empty")
+    if not can_slide(model):
+        raise ValueError("streaming evaluation needs a sliding-window model with the factorized local model; "
+                         "use evaluate_model (windows) for this one")
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes must be an int ≥ 1, got {lanes!r}")
+    c = model.config
+    lanes = min(lanes, len(raw))
+    per_lane = -(-len(raw) // lanes)
+    pieces = [raw[i * per_lane:(i + 1) * per_lane] for i in range(lanes)]
+    real = torch.tensor([[j < len(piece) for j in range(per_lane)] for piece in pieces])           # (B, L) bytes
+    bits = bytes_to_bits(b"".join(piece.ljust(per_lane, b" ") for piece in pieces), parity=c.parity)
+    bits = bits.view(lanes, -1).long()                                                             # (B, L·frame)
+    return bits, sliding_logprobs(model, bits), real
 
 
 def evaluate_stream(model: BitTransformerLM, data: str | bytes, lanes: int = 16) -> dict:
