@@ -194,3 +194,16 @@ def test_decoding_a_model_coded_file_reports_progress_often(tiny_model, tmp_path
                                        lambda fraction, what: calls.append(fraction))
     assert back.status.startswith("✓"), back.status
     assert len(calls) >= 16 and calls == sorted(calls) and calls[-1] == 1.0, calls
+
+
+@pytest.mark.parametrize("method", ["neural", "neural+cm", "cm", "lzma"])
+@pytest.mark.parametrize("where", ["header", "payload"])
+def test_a_damaged_file_is_called_damaged_without_a_model_hint(tiny_model, tmp_path, out, method, where):
+    """One flipped byte, in the header or the payload: the app says the file is damaged (not the range coder's
+    own words) and gives no hint about switching models, which would not help."""
+    blob = container.compress_file(DATA[:600], tiny_model.model, methods=(method,)).blob
+    at = 5 if where == "header" else len(blob) // 2
+    damaged = blob[:at] + bytes([blob[at] ^ 0x10]) + blob[at + 1:]
+    status = codec_tab.decompress_upload(tiny_model, upload(write(tmp_path, "d.blm", damaged)), out).status
+    assert_friendly(status, "Cannot decompress", "damaged")
+    assert "model" not in status.split("—")[-1] and "Use trained model" not in status, status
