@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bitlm.app import visitors
-from bitlm.app.endpoints import Endpoints
+from bitlm.app.endpoints import OBSERVER_TICK, Endpoints
 from bitlm.model.transformer import BitTransformerLM
 from bitlm.train.trainer import PRESETS
 from bitlm.app.visitors import SharedTrainer, Visitor, load_app_model
@@ -230,7 +230,9 @@ def test_the_trainer_is_shared_fairly(a, b):
     busy = b.start()
     assert_friendly(busy, "The trainer is busy with another visitor's run", "step ", " of 20,000", "left", "try again")
     assert "visitor-a" not in busy
-    assert "busy with another visitor's run" in b.status()[0]  # B sees it before pressing Start
+    status, *_, timer = b.status()
+    assert "busy with another visitor's run" in status  # B sees it before pressing Start, and it stays live:
+    assert timer.active is True and timer.value == OBSERVER_TICK   # B's page refreshes it while A's run goes
     assert_friendly(b.stop(), "You have no training run in progress")
     assert a.running()  # B's Stop did not stop A's run
     assert_friendly(a.start(), "Your training run is still going")

@@ -32,6 +32,9 @@ def _short(x: Any) -> Any:
     return float(f"{x:.4g}") if isinstance(x, float) else x
 
 
+OBSERVER_TICK = 5.0   # seconds between Train status refreshes while someone else's run holds the trainer
+
+
 class Endpoints:
     """The endpoints of one app: the shipped model every visitor starts with, and the shared trainer."""
 
@@ -261,10 +264,12 @@ class Endpoints:
         return self.train_refresh(visitor, request)[:-1]
 
     def train_refresh(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
-        """`train_status` and the Train tab's refresh timer, which runs only while the visitor's run does (the
-        tick after the run ends draws the final state and stops it)."""
+        """`train_status` and the Train tab's refresh timer, which ticks every second while the visitor's run goes
+        and every OBSERVER_TICK seconds while another visitor's does (so its step in the busy line stays true);
+        the tick after either ends draws the final state and stops it."""
         visitor = _visitor(visitor, request)
         run = self.trainer.run_of(visitor.id)
+        busy = None
         if run is None:
             busy = self.trainer.busy(visitor.id)
             status, rows, running = IDLE + (f" ({busy}.)" if busy else ""), [], False
@@ -276,7 +281,7 @@ class Endpoints:
         # Newest row first and 4 significant digits: the live table is for reading, the CSV keeps everything.
         table = plots.json_safe(df.iloc[::-1]).map(_short)
         return (status, plots.loss_figure(df), plots.accuracy_figure(df), plots.ratio_figure(df), table,
-                plots.telemetry_figure(df), gr.Timer(active=running))
+                plots.telemetry_figure(df), gr.Timer(value=1.0 if running else OBSERVER_TICK, active=running or bool(busy)))
 
     @friendly(lambda status: (None, status))
     def save_model(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> tuple:
