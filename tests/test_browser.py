@@ -10,10 +10,10 @@ Screenshots go to test-output/; with BITLM_SCREENSHOT=1 the app loads the shippe
 the Generate tab's screenshot is also saved as assets/screenshot.png (the README's picture).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +114,12 @@ def wait_done(page, elem_id: str, timeout: float = 60) -> None:
     except sync_api.TimeoutError:
         pass
     page.wait_for_selector(f"{tracker}.hide", state="attached", timeout=timeout * 1000)
+
+
+def step_of(status: str) -> int:
+    """The step a Train status line names ("step 1,234/…" or "step 1,234 of …"), or -1."""
+    found = re.search(r"step ([\d,]+)", status)
+    return int(found.group(1).replace(",", "")) if found else -1
 
 
 def train(page, steps: int, preset: str = "tiny", corpus: str | None = None) -> str:
@@ -240,7 +246,7 @@ def upload_to(page, elem_id: str, path: Path) -> None:
     with page.expect_file_chooser() as chooser:
         page.locator(f"#{elem_id} button").first.click()
     chooser.value.set_files(str(path))
-    page.locator(f'#{elem_id} td[aria-label="{path.name}"]').wait_for()
+    page.locator(f'#{elem_id} td[aria-label="{path.name}"]').wait_for(timeout=90_000)  # a loaded machine is slow
 
 
 def download_from(page, elem_id: str, name: str, folder: Path) -> Path:
@@ -293,7 +299,7 @@ def test_codec_tab_compresses_and_restores_a_file(page, tmp_path):
     upload_to(page, "blm-in", original)  # not a .blm: a message that stays
     page.locator("#file-decompress-btn").click()
     page.locator("#file-status").get_by_text("not a BitLM compressed file").wait_for()
-    time.sleep(2)
+    wait_done(page, "file-status")
     assert text_of(page, "file-status").startswith("⚠️")
 
 
@@ -307,13 +313,17 @@ def test_two_visitors_share_the_trainer_not_their_models(browser, app_url):
     a.locator("#train-status").get_by_text("Training…").wait_for()
     busy = train(b, 10)
     assert "busy with another visitor's run" in busy and "left" in busy, busy
-    time.sleep(3)
-    assert text_of(b, "train-message") == busy  # still there 3 s later
+    # B's status follows A's run (it refreshes itself), and Start's refusal stays on screen meanwhile.
+    seen = step_of(text_of(b, "train-status"))
+    wait_until(lambda: step_of(text_of(b, "train-status")) > seen, 60, what="B's status to show A's next steps")
+    assert text_of(b, "train-message") == busy
     b.screenshot(path=str(OUT / "visitor-b-busy.png"), full_page=True)
     b.locator("#train-stop").click()
     b.locator("#train-message").get_by_text("no training run in progress").wait_for()
-    time.sleep(2)
-    assert "Training…" in text_of(a, "train-status")  # B's Stop did not stop A's run
+    stopped_at = step_of(text_of(a, "train-status"))
+    wait_until(lambda: step_of(text_of(a, "train-status")) > stopped_at, 60,
+               what="A's run to go on after B's Stop")                       # B's Stop did not stop A's run
+    assert "Training…" in text_of(a, "train-status")
 
     a.locator("#train-stop").click()
     a.locator("#train-status").get_by_text("Training stopped").wait_for(timeout=60_000)
@@ -364,13 +374,10 @@ def test_every_start_refusal_stays_on_screen(page, tmp_path, monkeypatch):
     previous = ""
     for i, (corpus, upload, steps, fragment) in enumerate(refusals):
         if upload is not None:
-            with page.expect_file_chooser() as chooser:
-                page.locator("#upload button").first.click()
-            chooser.value.set_files(str(upload))
-            page.locator("#upload").get_by_text(upload.name).wait_for()
+            upload_to(page, "upload", upload)
         message = train(page, steps, corpus=corpus)
         assert message.startswith("⚠️") and fragment in message and message != previous, message
-        time.sleep(3)
+        wait_done(page, "train-status")  # Start's chained refresh is over: nothing else is left to write
         assert text_of(page, "train-message") == message, f"the refusal did not stay: {message}"
         page.screenshot(path=str(OUT / f"start-refusal-{i}.png"), full_page=True)
         if upload is not None:
