@@ -4,6 +4,8 @@ With the model's calibrated floors (`MODEL/gate.json`, written by `python -m bit
 which fits them on the even-numbered documents' held-out tails), one run prints:
   * false alarms: the share of windows of held-out text the calibration did NOT use (the odd-numbered
     documents' held-out tails) that fall below each floor (M: whose match length is above its limit);
+    and, as generations of --bytes bytes, the share of those tails' consecutive --bytes-byte pieces in
+    which M would trigger (`m_alarms`: the gate's checks and patience on each piece from its start);
   * detection: for --prompts prompts (openings of held-out passages, the same for every condition),
     generations of --bytes bytes with the gate in `warn` mode at temperature 0 (greedy: loops) and at
     --soup-temperature (letter soup), and, for contrast, at 0.8 (ordinary sampling): the share of
@@ -26,7 +28,9 @@ import torch
 
 from bench.quality import load_model_arg, machine_line
 from bitlm.bits.frames import frame_bits, text_to_bits
-from bitlm.generate.gate import FLOORED, GateConfig, GateFloors, false_alarm_rates, frame_bytes, load_floors
+from bitlm.generate.gate import (
+    FLOORED, GateConfig, GateFloors, false_alarm_rates, frame_bytes, load_floors, match_lengths,
+)
 from bitlm.train.data import load_corpus, split_corpus
 from bitlm.train.evaluate import gate_windows
 
@@ -51,6 +55,22 @@ def tail_period(data: bytes, span: int = 256, max_period: int = 128) -> int | No
         if len(data) >= span + period and data[-span:] == data[-span - period:-period]:
             return period
     return None
+
+
+def m_alarms(data: bytes, config: GateConfig, size: int) -> tuple[int, int]:
+    """(pieces in which M triggers, pieces): data cut into consecutive `size`-byte pieces, each read as a
+    generation from its start with the gate's checks (every window // 8 bytes from the window on) and
+    patience (that many checks in a row above M's limit), as `Gate.check` reads M."""
+    window, limit = config.floors.window, config.floors.floors["M"]
+    fired = pieces = 0
+    for lo in range(0, len(data) - size + 1, size):
+        run, pieces = 0, pieces + 1
+        for m in match_lengths(data[lo:lo + size])[window - 1::max(1, window // 8)]:
+            run = run + 1 if m > limit else 0
+            if run >= config.patience:
+                fired += 1
+                break
+    return fired, pieces
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,9 +105,13 @@ def main(argv: list[str] | None = None) -> dict:
     n_unseen = len(unseen.values["K"])
     print(f"false alarms on {n_unseen} held-out windows the calibration did not use: "
           + ", ".join(f"{m} {v:.2%}" for m, v in false_alarms.items()), flush=True)
+    gate = GateConfig("warn", floors)
+    pieces = m_alarms("".join(heldout[1::2]).encode("utf-8"), gate, args.bytes) if limit is not None else None
+    if pieces:
+        print(f"M triggers in {pieces[0]} of {pieces[1]} pieces of {args.bytes} bytes of that text read as generations",
+              flush=True)
 
     prompts = prompts_from(heldout, args.prompts)
-    gate = GateConfig("warn", floors)
     before_m = GateConfig("warn", GateFloors(floors.window, {m: floors.floors[m] for m in FLOORED}, floors.quantile,
                                              floors.n_windows, floors.source))
     detection, loops = {}, {}
@@ -108,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             if period is not None:
                 marked = any(e.end > args.bytes - span for e in g.gate_events)
                 long = period > args.window
-                ends.update({"loops": 1, "marked": marked, "long": long, "long marked": long and marked})
+                ends.update({"loops": 1, "marked": int(marked), "long": int(long), "long marked": int(long and marked)})
         detection[label] = (fired / len(prompts), dict(metrics))
         loops[label] = {k: ends[k] for k in ("loops", "marked", "long", "long marked")}
         print(f"  {label}: {fired}/{len(prompts)} generations triggered the gate {dict(metrics)}; "
@@ -129,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|" + "---|" * len(shown))
     print(f"| false-alarm rate (below the floor; M: above its limit) | {n_unseen} | "
           + " | ".join(f"{false_alarms[m]:.2%}" for m in shown) + " |")
+    if pieces:
+        print(f"| the same text as {pieces[1]} generations of {args.bytes} bytes: M triggers in | "
+              f"{pieces[0]} | | | | {pieces[0] / pieces[1]:.2%} |")
     print(f"\n| {args.prompts} prompts, {args.bytes} bytes each, gate warn | triggered | by metric | end in a loop "
           f"(marked there) | of which period > {args.window} bytes (marked there) |")
     print("|---|---|---|---|---|")
@@ -141,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| gate off | {speed['off']:.0f} | — |")
     print(f"| gate warn, {args.window}-byte window | {speed['warn']:.0f} | {cost:+.1%} |")
     print("\n" + machine_line() + " (end)")
-    return {"false_alarms": false_alarms, "detection": detection, "loops": loops, "speed": speed, "cost": cost}
+    return {"false_alarms": false_alarms, "m_alarms": pieces, "detection": detection, "loops": loops, "speed": speed,
+            "cost": cost}
 
 
 if __name__ == "__main__":

@@ -169,9 +169,20 @@ def test_gate_bench_end_to_end(tmp_path, model, capsys):
     assert gate_bench.tail_period(loop) == len(PASSAGE) == 71
     assert gate_bench.tail_period(loop[:300]) is None                    # 256 + 71 bytes needed
     assert gate_bench.tail_period(b"ab" * 200) == 2 and gate_bench.tail_period(bytes(range(256)) * 2) is None
+    assert out["m_alarms"][1] > 0 and "generations of 60 bytes" in text
     assert "| gate warn, 16-byte window |" in text and "false-alarm rate" in text
     with pytest.raises(SystemExit):
         gate_bench.main(["--model", str(folder), "--corpus", str(corpus), "--window", "99"])
+
+
+def test_the_bench_counts_m_alarms_as_the_gate_does():
+    """bench.gate.m_alarms (M alone over held-out pieces, fast) agrees with the Gate itself, piece by piece."""
+    from bench.gate import m_alarms
+    config = GateConfig("warn", GateFloors(16, {"K": -1.0, "C": -1.0, "S": -1.0, "M": 16.0}, 0.01, 1))
+    text = heldout_bytes()[:40_000]
+    fired = [bool(feed(Gate(config, 9), text[lo:lo + 400])) for lo in range(0, len(text), 400)]
+    assert 0 < sum(fired) < len(fired)                                 # both kinds of piece, at this low limit
+    assert m_alarms(text, config, 400) == (sum(fired), len(fired))
 
 
 @pytest.mark.parametrize("patience, fires_at", [(1, 23), (3, 25), (4, None)])
