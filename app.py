@@ -152,7 +152,8 @@ def build_train_tab(api: Endpoints, visitor: gr.State, model_info: gr.Markdown, 
             ratio_plot = gr.Plot(label="Compression ratio", show_label=False, elem_id="ratio-plot")
         with gr.Row():
             kcs_plot = gr.Plot(label="Validation telemetry", show_label=False, elem_id="kcs-plot")
-        metrics = gr.Dataframe(plots.metrics_frame([]), label="Metrics", max_height=300)
+        metrics = gr.Dataframe(plots.live_metrics_table(plots.metrics_frame([])), max_height=300,
+                               label="Metrics (newest first; “Download metrics CSV” has every column)")
         files = gr.File(label="Downloads (metrics CSV, saved model)", file_count="multiple")
         timer = gr.Timer(1.0, active=False)
 

@@ -221,3 +221,20 @@ def test_position_figure_draws_bits_for_short_texts_and_bytes_for_long_ones():
     assert len(stream.data[0].y) == 100 and "8 stream bits" in stream.layout.title.text
     with pytest.raises(ValueError):
         plots.position_figure(p[:-1], np.ones(bits.size), bits, frame=9)
+
+
+def test_live_metrics_table_fits_the_page():
+    """The Train tab's table: newest first, only the watched columns that hold values (no empty direct column
+    in a single-task run, no bookkeeping like lr), 4 significant digits; before a run, a run's usual headers."""
+    df = plots.metrics_frame([{"step": 10, "elapsed_s": 1.5, "lr": 0.01, "bits_per_s": 1e5, "raw_loss": 0.123456,
+                               "compressed_loss": 0.5, "raw_accuracy": 0.8, "compressed_accuracy": 0.7,
+                               "compression_ratio": 2.0},
+                              {"step": 20, "raw_loss": 0.1, "compressed_loss": 0.4, "val_bits_per_byte": 2.5}])
+    table = plots.live_metrics_table(df)
+    assert list(table.columns) == ["step", "raw_loss", "compressed_loss", "raw_accuracy", "compressed_accuracy",
+                                   "compression_ratio", "val_bits_per_byte"]
+    assert table["step"].tolist() == [20, 10] and table["raw_loss"].tolist() == [0.1, 0.1235]
+    assert table["compression_ratio"].tolist() == [None, 2.0]
+    empty = plots.live_metrics_table(plots.metrics_frame([]))
+    assert empty.empty and list(empty.columns) == ["step", "raw_loss", "compressed_loss", "raw_accuracy",
+                                                   "compressed_accuracy", "compression_ratio"]

@@ -28,10 +28,6 @@ def _visitor(visitor: Visitor | None, request: gr.Request | None) -> Visitor:
     return visitor.bind(getattr(request, "session_hash", None))
 
 
-def _short(x: Any) -> Any:
-    return float(f"{x:.4g}") if isinstance(x, float) else x
-
-
 OBSERVER_TICK = 5.0   # seconds between Train status refreshes while someone else's run holds the trainer
 
 
@@ -278,8 +274,7 @@ class Endpoints:
             alert = telemetry_alert(rows)
             status += f"\n\n{alert}" if alert else ""
         df = plots.metrics_frame(rows)
-        # Newest row first and 4 significant digits: the live table is for reading, the CSV keeps everything.
-        table = plots.json_safe(df.iloc[::-1]).map(_short)
+        table = plots.live_metrics_table(df)
         return (status, plots.loss_figure(df), plots.accuracy_figure(df), plots.ratio_figure(df), table,
                 plots.telemetry_figure(df), gr.Timer(value=1.0 if running else OBSERVER_TICK, active=running or bool(busy)))
 

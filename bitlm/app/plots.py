@@ -62,6 +62,21 @@ def metrics_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df
 
 
+# The live table's columns (the Train tab), in order: what a person watches; the CSV keeps every column.
+LIVE_COLUMNS = ("step", "raw_loss", "compressed_loss", "direct_loss", "raw_accuracy", "compressed_accuracy",
+                "direct_accuracy", "compression_ratio", "val_loss", "val_bits_per_byte", "val_K", "val_C", "val_S")
+
+
+def live_metrics_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The Train tab's table: newest row first, only `LIVE_COLUMNS` that hold a value (so it fits the page
+    without a hidden right edge; a direct column appears in multi-task runs only), numbers to 4 significant
+    digits, missing ones None (strict JSON). Takes a `metrics_frame`; returns a new frame."""
+    cols = [c for c in LIVE_COLUMNS if _has_values(df, c)] if len(df) else \
+        [c for c in LIVE_COLUMNS if not c.startswith(("direct", "val_"))]   # before a run: its usual columns
+    out = df.reindex(columns=cols).iloc[::-1].map(lambda v: float(f"{v:.4g}") if isinstance(v, float) else v)
+    return json_safe(out)
+
+
 def _has_values(df: pd.DataFrame, col: str) -> bool:
     return col in df.columns and bool(pd.to_numeric(df[col], errors="coerce").notna().any())
 
