@@ -110,7 +110,8 @@ class Endpoints:
             seed: a whole number from 0 to 4,294,967,295 for a reproducible sample; empty for a random one.
             compress: compress the prompt's bits before the model and decompress its output (lossless).
             gate_mode: the K/C/S safety gate: "off" (default); "warn" marks spans whose last gate_window bytes fall
-                below the model's calibrated floors (C low: a repetition loop; S low: letter soup) and changes
+                below the model's calibrated floors (C low: a repetition loop; S low: letter soup; M, the
+                match length, above its limit: a loop longer than the window) and changes
                 nothing; "retry" resamples such a span hotter or cooler, twice at most, then stops; "stop" ends
                 the text before it. Needs a model with floors (gate.json); otherwise refused.
             gate_window: the gate's window in bytes, one the model has floors for (e.g. 32, 64 or 128); empty

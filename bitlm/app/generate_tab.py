@@ -111,7 +111,9 @@ def gate_info(app_model: AppModel) -> str:
     if not app_model.floors:
         return f"Off for this model: {app_model.gate_note or 'it has no calibrated floors'}."
     f = next(iter(app_model.floors.values()))
-    return f"{GATE_MODES_EXPLAINED}. Floors: the {f.quantile:g} quantile of K, C, S on {f.source or 'held-out text'}."
+    m = f"; and a limit on {plots.METRIC_NAMES['M']}: {plots.M_EXPLAINED}" if "M" in f.floors else ""
+    return (f"{GATE_MODES_EXPLAINED}. Floors: the {f.quantile:g} quantile of K, C, S on "
+            f"{f.source or 'held-out text'}{m}.")
 
 
 def read_gate(app_model: AppModel, mode: Any, window: Any) -> GateConfig | None:

@@ -25,8 +25,11 @@ SIDES = (("raw", "raw", "#1f77b4"), ("compressed", "compressed", "#ff7f0e"),
          ("direct", "direct (reads stream)", "#2ca02c"), ("val", "validation", "#7f7f7f"))
 
 # One name per telemetry number, the same on every tab and chart (SPEC §4), and what a low value means.
-METRIC_NAMES = {"K": "K (negentropy)", "C": "C (complexity)", "S": "S (symbiosis)"}
+METRIC_NAMES = {"K": "K (negentropy)", "C": "C (complexity)", "S": "S (symbiosis)", "M": "M (match length)"}
 LOW_MEANS = {"C": "low = a loop", "S": "low = letter soup"}
+# The safety gate's fourth signal, the only one whose alarm is high (its limit is a ceiling, in bytes).
+M_EXPLAINED = ("the longest stretch at the end of the output that repeats earlier output, in bytes (high: a "
+               "loop longer than the window)")
 
 # One line per telemetry number, shown next to the value in the UI (SPEC §4).
 TELEMETRY_EXPLAINED = {
