@@ -5,7 +5,8 @@ the calling visitor); the work is in `bitlm.app`'s tab modules, ownership in `bi
 `bitlm.app.plots`.
 Run `python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address, BITLM_RUN_MINUTES caps a training run (10),
 BITLM_MODEL_DIR names the shipped model's folder (assets; its gate.json holds the safety gate's floors),
-BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation).
+BITLM_DRAFT_CORPUS the corpus it was trained on (shakespeare; "none": generate without speculation),
+BITLM_GENERATE_WORKERS how many processes generate (one per core, at most 4; 0: on the request's thread).
 The public endpoints are also an MCP server (/gradio_api/mcp/).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gradio.data_classes import FileData, GradioRootModel
 
 from bitlm.app import codec_tab, generate_tab, plots, telemetry_tab
 from bitlm.app.endpoints import IDLE, Endpoints
+from bitlm.app.workers import GenerateWorkers
 from bitlm.app.visitors import CORPORA, TRAIN_MAX_STEPS, UPLOAD_MAX_BYTES, SharedTrainer, Visitor, load_app_model
 from bitlm.bits.codec import METHODS
 from bitlm.train.trainer import PRESETS
@@ -39,6 +41,7 @@ warnings.filterwarnings("ignore", message="This MCP server includes a tool that 
 RUN_MINUTES = float(os.environ.get("BITLM_RUN_MINUTES", "10"))
 MODEL_DIR = os.environ.get("BITLM_MODEL_DIR", "assets")
 DRAFT_CORPUS = os.environ.get("BITLM_DRAFT_CORPUS", "shakespeare")
+GENERATE_WORKERS = int(os.environ.get("BITLM_GENERATE_WORKERS", str(min(os.cpu_count() or 1, 4))))
 
 INTRO = """# BitLM — a language model that reads and writes bits
 Text becomes UTF-8 bytes, each byte 8 data bits plus an even-parity bit. Bit streams compress losslessly,
@@ -274,14 +277,17 @@ def build_codec_tab(api: Endpoints, visitor: gr.State) -> None:
 
 
 def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small", run_root: str | Path = "runs",
-               run_minutes: float = RUN_MINUTES, draft_corpus: str | None = DRAFT_CORPUS) -> gr.Blocks:
+               run_minutes: float = RUN_MINUTES, draft_corpus: str | None = DRAFT_CORPUS,
+               generate_workers: int = 0) -> gr.Blocks:
     """The app. Takes: the shipped model's folder, the `PRESETS` name of the untrained fallback used when that
     folder holds no loadable model, the folder training runs are written under, the wall-time cap of a
-    training run in minutes, and the shipped model's training corpus (for speculative generation; None or
-    "none": without). Returns: the `gr.Blocks`."""
+    training run in minutes, the shipped model's training corpus (for speculative generation; None or
+    "none": without), and how many processes generate (`bitlm.app.workers`; 0: each request on its own
+    thread). Returns: the `gr.Blocks`."""
     draft_corpus = None if draft_corpus in (None, "none") else draft_corpus
     api = Endpoints(load_app_model(model_dir, fallback_preset, draft_corpus),
-                    SharedTrainer(run_root, time_limit_s=60 * run_minutes))
+                    SharedTrainer(run_root, time_limit_s=60 * run_minutes),
+                    GenerateWorkers(generate_workers) if generate_workers else None)
 
     with gr.Blocks(title="BitLM") as blocks:
         visitor = gr.State(Visitor(), delete_callback=api.forget)  # each session gets its own copy
@@ -304,11 +310,12 @@ def build_demo(model_dir: str | Path = MODEL_DIR, fallback_preset: str = "small"
 
 def serve() -> None:
     """`python app.py`: one torch intra-op thread for the whole process, so each request (and the trainer)
-    runs its torch work on the thread that serves it: two requests, or a request and a training run, use
-    the two cores side by side, and a busy neighbour costs a request its share of a core, not the 25 ×
-    slowdown two-thread torch suffers beside other work (measured; docs/app.md)."""
+    runs its torch work on the thread that serves it, and a busy neighbour costs a request its share of a
+    core, not the slowdown two-thread torch suffers beside other work; generations run in
+    GENERATE_WORKERS processes (one per core), since two on threads of one process take turns on the GIL
+    (measured: docs/app.md)."""
     torch.set_num_threads(1)
-    build_demo().launch(**LAUNCH_KWARGS)
+    build_demo(generate_workers=GENERATE_WORKERS).launch(**LAUNCH_KWARGS)
 
 
 if __name__ == "__main__":

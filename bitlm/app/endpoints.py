@@ -18,6 +18,7 @@ import gradio as gr
 
 from bitlm.app import codec_tab, generate_tab, plots, telemetry_tab
 from bitlm.app.inputs import friendly, log, ok, warn
+from bitlm.app.workers import GenerateWorkers, WorkerLost
 from bitlm.app.visitors import BUSY_HINT, AppModel, SharedTrainer, Visitor, read_train_request, telemetry_alert
 
 IDLE = "No training run yet. Pick a corpus and press Start."
@@ -34,9 +35,10 @@ OBSERVER_TICK = 5.0   # seconds between Train status refreshes while someone els
 class Endpoints:
     """The endpoints of one app: the shipped model every visitor starts with, and the shared trainer."""
 
-    def __init__(self, shipped: AppModel, trainer: SharedTrainer):
+    def __init__(self, shipped: AppModel, trainer: SharedTrainer, workers: GenerateWorkers | None = None):
         self.shipped = shipped
         self.trainer = trainer
+        self.workers = workers  # generation processes (None: generate on the request's own thread)
         self._file_dirs: dict[str, Path] = {}  # each visitor's folder for the Codec tab's files
         self._file_lock = threading.Lock()
 
@@ -124,11 +126,21 @@ class Endpoints:
         """
         visitor = _visitor(visitor, request)
         should_stop = visitor.start_generation()
-        for result in generate_tab.generate(visitor.model(self.shipped), prompt, mode, n_bytes, temperature, seed,
-                                            compress, gate_mode, gate_window, should_stop):
-            if result.last is not None:
-                visitor.last = result.last
-            yield (*result[:5], result.gate_chart, result.gate_events, visitor)
+        args = (prompt, mode, n_bytes, temperature, seed, compress, gate_mode, gate_window)
+        if self.workers is None:
+            results = generate_tab.generate(visitor.model(self.shipped), *args, should_stop=should_stop)
+        else:
+            results = self.workers.generate(visitor.model(self.shipped), args, should_stop)
+        try:
+            for result in results:
+                if result.last is not None:
+                    visitor.last = result.last
+                yield (*result[:5], result.gate_chart, result.gate_events, visitor)
+        except (WorkerLost, OSError, RuntimeError) as e:  # only the worker path raises: generate never does
+            log.warning("generation failed in its worker: %s", e)
+            yield (gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                   warn(f"The generation stopped: {e}", "press Generate again; the app is still running"),
+                   gr.skip(), gr.skip(), visitor)
 
     def generate_stop(self, visitor: Visitor | None = None, request: gr.Request | None = None) -> None:
         """Stop your running generation after its current chunk; it then returns what it wrote so far with a

@@ -71,6 +71,9 @@ class AppModel:
     floors: dict[int, GateFloors] = field(default_factory=dict)  # the safety gate's, by window size
     gate_note: str = ""  # why there are no floors, when there are none
     draft: NGramDraft | None = None  # guesses from the model's training text: faster generation, same bits
+    # A random id of this AppModel (not settable, so `dataclasses.replace` makes a new one): how generation
+    # workers tell models apart (`bitlm.app.workers`), never an address that could be reused.
+    token: str = field(init=False, default_factory=lambda: uuid.uuid4().hex, compare=False)
 
     def describe(self) -> str:
         """Markdown: the model in use, and the fallback notice if there is one."""
