@@ -34,14 +34,20 @@ class WorkerLost(RuntimeError):
 
 def _serve(conn, stop) -> None:
     """A worker's loop: (token, pickled model or None, args) in, ("result", GenerateResult)… ("done", None)
-    out; None ends it."""
+    out; None, or the app's end (its pipe closes), ends it quietly."""
+    import signal
+
     import torch
 
     from bitlm.app import generate_tab
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the app's to handle; its exit closes the pipe
     torch.set_num_threads(1)
     models: OrderedDict[str, Any] = OrderedDict()
     while True:
-        msg = conn.recv()
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
         if msg is None:
             return
         token, model, args = msg
@@ -53,6 +59,8 @@ def _serve(conn, stop) -> None:
         try:
             for result in generate_tab.generate(models[token], *args, should_stop=stop.is_set):
                 conn.send(("result", result))
+        except (BrokenPipeError, EOFError):
+            return                                   # the app has gone
         except Exception as e:  # generate turns input errors into results; anything else ends this request only
             conn.send(("error", f"{type(e).__name__}: {e}"))
             continue
