@@ -65,14 +65,16 @@ def test_starting_the_mcp_server_prints_no_state_warning(tmp_path):
     assert "gr.State input" not in done.stderr and "MCP True" in done.stdout, done.stderr[-2000:]
 
 
-def test_python_app_py_runs_torch_on_one_thread():
-    """`python app.py` (`app.serve`) sets one intra-op thread before it builds and launches the app."""
+def test_python_app_py_runs_torch_on_one_thread_and_generates_in_workers():
+    """`python app.py` (`app.serve`) sets one intra-op thread before it builds and launches the app, and asks
+    for BITLM_GENERATE_WORKERS generation processes."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
     code = ("import app, torch; torch.set_num_threads(2)\n"
             "class Fake:\n    def launch(self, **kw): print('threads', torch.get_num_threads())\n"
-            "app.build_demo = lambda: Fake(); app.serve()")
+            "app.build_demo = lambda **kw: print('workers', kw.get('generate_workers')) or Fake(); app.serve()")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0 and "threads 1" in done.stdout, done.stderr[-2000:]
+                          text=True, timeout=120, env={**os.environ, "BITLM_GENERATE_WORKERS": "3"})
+    assert done.returncode == 0 and "threads 1" in done.stdout and "workers 3" in done.stdout, done.stderr[-2000:]
