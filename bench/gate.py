@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(3):
         for mode in runs:
             t0 = time.perf_counter()
-            model.generate(prompt, 9 * args.bytes, temperature=0.8, seed=7, gate=gate if mode == "warn" else None)
+            model.generate(prompt, frame * args.bytes, temperature=0.8, seed=7, gate=gate if mode == "warn" else None)
             runs[mode].append(args.bytes / (time.perf_counter() - t0))
     speed = {mode: max(v) for mode, v in runs.items()}
     cost = speed["off"] / speed["warn"] - 1

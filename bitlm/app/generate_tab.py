@@ -239,10 +239,11 @@ def generate(app_model: AppModel, prompt: Any, mode: Any, n_bytes: Any, temperat
 
     decoded = decode_bits(out_bits[skip:], parity=parity)
     made = max(gen.bits.numel() - skip, 0) // frame
-    stopped = f" of {n_bytes:,} (the gate stopped it)" if gen.gate_stopped else ""
-    done = f"Generated {made:,} bytes{stopped} in {elapsed:.2f} s (seed {seed})"
     if stopped_by_visitor:
-        done = f"Stopped: generated {made:,} of {n_bytes:,} bytes in {elapsed:.2f} s (seed {seed})"
+        done = f"Stopped: generated {made:,} of {n_bytes:,} bytes"
+    else:
+        done = f"Generated {made:,} bytes" + (f" of {n_bytes:,} (the gate stopped it)" if gen.gate_stopped else "")
+    done += f" in {elapsed:.2f} s (seed {seed})"
     if decoded.ok and stopped_by_visitor:
         head = f"⏹ {done}; the text and bits above are what was generated until then, and decode cleanly as UTF-8."
     elif decoded.ok:

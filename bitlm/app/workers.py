@@ -28,6 +28,16 @@ MODELS_KEPT = 2           # models a worker keeps (the shipped one and the last 
 POLL_S = 0.05             # how often a relay checks the visitor's Stop and the worker's health
 
 
+def _keep(models: OrderedDict, token: str, model: Any = None) -> None:
+    """Mark `token` as just used in `models` (adding `model` if given), dropping the least recently used past
+    MODELS_KEPT: the one rule by which a worker keeps its models and the parent tracks which it holds."""
+    if model is not None or token not in models:
+        models[token] = model
+    models.move_to_end(token)
+    while len(models) > MODELS_KEPT:
+        models.popitem(last=False)
+
+
 class WorkerLost(RuntimeError):
     """A worker process ended in the middle of a request (killed or out of memory)."""
 
@@ -51,11 +61,7 @@ def _serve(conn, stop) -> None:
         if msg is None:
             return
         token, model, args = msg
-        if model is not None:
-            models[token] = model
-            while len(models) > MODELS_KEPT:
-                models.popitem(last=False)
-        models.move_to_end(token)
+        _keep(models, token, model)
         try:
             for result in generate_tab.generate(models[token], *args, should_stop=stop.is_set):
                 conn.send(("result", result))
@@ -74,7 +80,7 @@ class _Worker:
         self.process = ctx.Process(target=_serve, args=(child, self.stop), daemon=True, name="bitlm-generate")
         self.process.start()
         child.close()
-        self.tokens: OrderedDict[str, None] = OrderedDict()   # the models it holds, as _serve keeps them
+        self.tokens: OrderedDict[str, None] = OrderedDict()   # the models it holds (`_keep`, as _serve does)
 
 
 class GenerateWorkers:
@@ -107,10 +113,7 @@ class GenerateWorkers:
             token = app_model.token
             fresh = token not in worker.tokens
             worker.conn.send((token, app_model if fresh else None, args))
-            worker.tokens[token] = None
-            worker.tokens.move_to_end(token)
-            while len(worker.tokens) > MODELS_KEPT:
-                worker.tokens.popitem(last=False)
+            _keep(worker.tokens, token)
             while True:
                 kind, value = self._next(worker, should_stop)
                 if kind == "result":
