@@ -9,16 +9,17 @@
 
 and the exact path's cross-entropy (Σ -log2 of its coded frequencies) beside the float model's.
 
---speed: in one run, per --bytes value, the exact path's encode and decode bytes/s with the reference
-kernel (kernel="torch": float64 torch attention over float64 rings, the code before issue 20) and the
-numba kernel (int16 rings), with 1 and 2 threads, beside zpaq -m5, and the ratios new / old (the streams
-of both kernels are checked to be the same bytes). --profile: where one decode step's time goes (64
-lanes, full ring, 1 thread unless --threads): attention, linear layers (the float64 matmuls), the rest
-(with more threads only the total: the parts would add up the threads' times).
+--speed: in one run, per --bytes value, the exact path's encode and decode bytes/s of version 1 (float64
+linear layers: the previous code path) and version 2 (int8 linear layers with exact int32 sums), with 1
+and 2 threads, beside zpaq -m5, and the ratios; --before REV adds the code at git REV (e.g. 313227e^, the
+code when issue 20 was filed), run from a worktree in a subprocess, and checks that version 1 writes its
+very stream. --profile: where one decode step's time goes (64 lanes, full ring, 1 thread unless
+--threads) in versions 1 and 2: attention, linear layers, the rest (with more threads only the total:
+the parts would add up the threads' times).
 
     python -m bench.neural_codec --bytes 100000 1000000
     python -m bench.neural_codec --model runs/v2/best --bytes 20000 --skip-float-above 0
-    python -m bench.neural_codec --speed --bytes 2000 8000 32000 100000
+    python -m bench.neural_codec --speed --before 313227e^ --bytes 2000 8000 32000 100000
     python -m bench.neural_codec --profile
     python -m bench.neural_codec --mixing --bytes 100000 1000000   # the whole held-out split: 505 739 bytes
 
@@ -27,10 +28,13 @@ methods (each forced; decoded and checked), beside zpaq -m5, one thread.
 """
 import argparse
 import bz2
+import json
 import lzma
+import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -40,7 +44,7 @@ from pathlib import Path
 import torch
 
 from bench.quality import load_model_arg
-from bitlm.compress import container, exact, float_reference
+from bitlm.compress import container, exact, float_reference, neural
 from bitlm.train.data import load_corpus, split_corpus
 
 
@@ -131,23 +135,17 @@ def _full_state(pred: exact.ExactPredictor, lanes: int, split: bytes) -> exact.L
 
 
 def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[str, dict[str, float]]:
-    """{kernel: {part: ms per decode step}} for one-slot steps of `lanes` lanes over a full ring: the
-    attention (torch: `_attention`; numba: `post_qkv`, i.e. attention with the qkv rounding and the ring
-    store), the linear layers (the float64 matmuls; the torch path's `_Linear` calls, their rounding
-    included), the rest (total minus both), median over `steps` steps."""
+    """{path: {part: ms per decode step}} for one-slot steps of `lanes` lanes over a full ring, for the
+    numba kernel of version 1 (float64 linears) and version 2 (int8 linears): the attention (`post_qkv`:
+    attention with the qkv rounding and the ring store), the linear layers (`ExactPredictor._matmul`:
+    v1 the float64 matmuls, v2 the int8 pieces, products and join), the rest (total minus both), median
+    over `steps` steps."""
     import statistics
     from bitlm.compress import attention_kernel as K
     out = {}
-    numba_pred = exact.ExactPredictor(model, kernel="numba")
-    state_n = _full_state(numba_pred, lanes, split)
-    for kernel in ("numba", "torch"):       # the reference last: its idle OpenMP threads spin a while
-        pred = numba_pred if kernel == "numba" else exact.ExactPredictor(model, kernel="torch")
-        state = state_n
-        if kernel == "torch":                           # the same context in the reference's float64 rings
-            state = exact.LaneState(pred, lanes)
-            for i in range(len(pred.blocks)):
-                state.ring_k[i], state.ring_v[i] = state_n._ring_double(i)
-            state.ring_pos, state.pos = torch.from_numpy(state_n.ring_pos.copy()), state_n.pos
+    for version in (1, 2):
+        pred = exact.ExactPredictor(model, kernel="numba", version=version)
+        state = _full_state(pred, lanes, split)
         acc = {"attention": 0.0, "linear": 0.0}
         patches = []
 
@@ -161,12 +159,8 @@ def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[
                 return r
             patches.append((owner, name, fn))
             setattr(owner, name, wrapped)
-        if kernel == "torch":
-            timer(pred, "_attention", "attention")
-            timer(exact._Linear, "__call__", "linear")
-        else:
-            timer(K, "post_qkv", "attention")
-            timer(torch, "matmul", "linear")
+        timer(K, "post_qkv", "attention")
+        timer(pred, "_matmul", "linear")
         rows = {"attention": [], "linear": [], "total": []}
         prev = torch.tensor(list(split[:lanes]), dtype=torch.int64).view(lanes, 1)
         try:
@@ -179,55 +173,116 @@ def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[
                 rows["linear"].append(acc["linear"])
         finally:
             for owner, name, fn in reversed(patches):
-                setattr(owner, name, fn)
+                if owner is pred:
+                    delattr(pred, name)
+                else:
+                    setattr(owner, name, fn)
         med = {k: 1000 * statistics.median(v) for k, v in rows.items()}
         med["rest"] = med["total"] - med["attention"] - med["linear"]
-        out[kernel] = med
+        out[f"v{version}"] = med
     return out
 
 
-def speed(model, split: bytes, sizes: list[int], threads: tuple[int, ...] = (1, 2)) -> None:
-    """Encode / decode bytes/s of the reference (torch) and numba kernels with 1 and 2 threads beside
-    zpaq -m5, ratios new / old, on the first n held-out bytes for each n (see the module docstring)."""
-    saved = exact.DEFAULT_KERNEL
+_BEFORE = """
+import hashlib, json, sys, time, torch
+from bitlm.compress import container
+from bitlm.model.transformer import BitTransformerLM
+model = BitTransformerLM.from_pretrained(sys.argv[1]).eval()
+everything = open(sys.argv[2], "rb").read()
+container.decompress_file(container.compress_file(everything[:600], model, methods=("neural",)).blob, model)
+for n in map(int, sys.argv[3].split(",")):
+    for t in map(int, sys.argv[4].split(",")):
+        torch.set_num_threads(t)
+        data = everything[:n]
+        t0 = time.perf_counter(); blob = container.compress_file(data, model, methods=("neural",)).blob
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter(); back = container.decompress_file(blob, model)
+        t_dec = time.perf_counter() - t0
+        assert back == data, "round trip failed"
+        open(f"{sys.argv[2]}.{n}.{t}", "wb").write(blob)
+        print(json.dumps([n, t, t_enc, t_dec]), flush=True)
+"""
+
+
+def before_rows(rev: str, model_dir: Path, split: bytes, sizes: list[int], threads: tuple[int, ...]
+                ) -> dict[tuple[int, int], tuple[float, float, bytes]]:
+    """{(n, threads): (encode s, decode s, neural payload)} of the code at git `rev` (a worktree, run in a
+    subprocess on the same model and bytes), for the ratios against the code when the issue was filed."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, data = Path(tmp) / "tree", Path(tmp) / "data"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=root, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            data.write_bytes(split[:max(sizes)])
+            run = subprocess.run([sys.executable, "-c", _BEFORE, str(model_dir.resolve()), str(data),
+                                  ",".join(map(str, sizes)), ",".join(map(str, threads))],
+                                 cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+            if run.returncode:
+                raise SystemExit(f"the code at {rev} failed: {run.stderr.strip()[-800:]}")
+            out = {}
+            for line in run.stdout.splitlines():
+                n, t, t_enc, t_dec = json.loads(line)
+                blob = Path(f"{data}.{n}.{t}").read_bytes()
+                out[n, t] = (t_enc, t_dec, blob[container.read_header(blob).size:])
+            return out
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def speed(model, split: bytes, sizes: list[int], threads: tuple[int, ...] = (1, 2), before: str | None = None,
+          model_dir: Path | None = None) -> None:
+    """Encode / decode bytes/s of the exact path's version 1 (float64 linears: the previous code path) and
+    version 2 (int8 linears, today's), and of the code at git `before` (the code when issue 20 was filed,
+    run from a worktree) with 1 and 2 threads, beside zpaq -m5, and the ratios, on the first n held-out
+    bytes for each n. Checks that every thread count writes the same stream, and that version 1's stream
+    is the one the code at `before` writes."""
+    old = before_rows(before, model_dir, split, sizes, threads) if before else {}
     t0 = time.perf_counter()
-    exact.DEFAULT_KERNEL = "numba"
     container.decompress_file(container.compress_file(split[:600], model, methods=("neural",)).blob, model)
     print(f"warm-up (numba compiles its kernels once per process): {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"{'bytes':>8} {'thr':>3} {'path':<22} {'encode B/s':>11} {'decode B/s':>11} {'encode s':>9} {'decode s':>9}")
-    try:
-        for n in sizes:
-            data = split[:n]
-            res: dict[tuple[str, int], tuple[float, float]] = {}
-            blobs = {}
-            for t in threads:
-                torch.set_num_threads(t)
-                for kernel in ("torch", "numba"):
-                    exact.DEFAULT_KERNEL = kernel
-                    exact.ExactPredictor.of(model)                    # derived outside the timings
-                    result, t_enc = timed(lambda: container.compress_file(data, model, methods=("neural",)))
-                    back, t_dec = timed(lambda: container.decompress_file(result.blob, model, max_bytes=n))
-                    if back != data:
-                        raise SystemExit(f"{kernel} kernel round trip FAILED")
-                    blobs[kernel, t] = result.blob
-                    res[kernel, t] = (t_enc, t_dec)
-                    name = "reference (torch)" if kernel == "torch" else "new (numba)"
-                    print(f"{len(data):>8,} {t:>3} {name:<22} {len(data) / t_enc:>11,.0f} {len(data) / t_dec:>11,.0f} "
-                          f"{t_enc:>9.2f} {t_dec:>9.2f}", flush=True)
-            if len(set(blobs.values())) != 1:
-                raise SystemExit("the kernels or thread counts wrote different streams: FAILED")
-            if shutil.which("zpaq"):
-                _, z_enc, z_dec = zpaq_row(data)
-                print(f"{len(data):>8,} {'':>3} {'zpaq -m5':<22} {len(data) / z_enc:>11,.0f} {len(data) / z_dec:>11,.0f} "
-                      f"{z_enc:>9.2f} {z_dec:>9.2f}")
-            o1 = res["torch", threads[0]]
-            for t in threads:
-                (oe, od), (ne, nd) = res["torch", t], res["numba", t]
-                print(f"{len(data):>8,} {t:>3} ratio new/old same threads: encode {oe / ne:.2f}x, decode {od / nd:.2f}x; "
-                      f"new vs old with {threads[0]} thread: encode {o1[0] / ne:.2f}x, decode {o1[1] / nd:.2f}x", flush=True)
-    finally:
-        exact.DEFAULT_KERNEL = saved
+    print(f"{'bytes':>8} {'thr':>3} {'path':<24} {'encode B/s':>11} {'decode B/s':>11} {'encode s':>9} {'decode s':>9}")
 
+    def row(n: int, t: int, name: str, t_enc: float, t_dec: float) -> None:
+        print(f"{n:>8,} {t:>3} {name:<24} {n / t_enc:>11,.0f} {n / t_dec:>11,.0f} {t_enc:>9.2f} {t_dec:>9.2f}", flush=True)
+    for n in sizes:
+        data = split[:n]
+        res: dict[tuple[int, int], tuple[float, float]] = {}
+        for t in threads:
+            torch.set_num_threads(t)
+            if (n, t) in old:
+                res[0, t] = old[n, t][:2]
+                row(n, t, f"at filing ({before})", *res[0, t])
+            for version in (1, 2):
+                exact.ExactPredictor.of(model, version=version)          # derived outside the timings
+                payloads, t_enc = timed(lambda: neural.model_encode(model, data, ("neural",), version=version))
+                payload = payloads[0]["neural"]
+                back, t_dec = timed(lambda: neural.model_decode(model, payload, n, version=version))
+                if back != data:
+                    raise SystemExit(f"version {version} round trip FAILED")
+                if (n, t) in old and version == 1 and payload != old[n, t][2]:
+                    raise SystemExit(f"version 1 wrote another stream than the code at {before}: FAILED")
+                if version == 2:
+                    blob = container.compress_file(data, model, methods=("neural",)).blob
+                    if blob[container.read_header(blob).size:] != payload:
+                        raise SystemExit("compress_file wrote another version-2 stream: FAILED")
+                res[version, t] = (t_enc, t_dec)
+                if res.get(("payload", version), payload) != payload:
+                    raise SystemExit(f"version {version} wrote another stream with {t} threads: FAILED")
+                res["payload", version] = payload
+                row(n, t, f"v{version} ({'float64' if version == 1 else 'int8'} linears)", t_enc, t_dec)
+        if shutil.which("zpaq"):
+            _, z_enc, z_dec = zpaq_row(data)
+            print(f"{n:>8,} {'':>3} {'zpaq -m5':<24} {n / z_enc:>11,.0f} {n / z_dec:>11,.0f} {z_enc:>9.2f} {z_dec:>9.2f}")
+        for t in threads:
+            (ne, nd), (pe, pd) = res[2, t], res[1, t]
+            line = f"{n:>8,} {t:>3} v2 / v1 same threads: encode {pe / ne:.2f}x, decode {pd / nd:.2f}x"
+            if (0, t) in res:
+                (oe, od), (o1e, o1d) = res[0, t], res[0, threads[0]]
+                line += (f"; v2 / at filing, same threads: encode {oe / ne:.2f}x, decode {od / nd:.2f}x; "
+                         f"v2 / at filing with {threads[0]} thread: encode {o1e / ne:.2f}x, decode {o1d / nd:.2f}x")
+            print(line, flush=True)
 
 
 def mixing(model, split: bytes, sizes: list[int]) -> None:
@@ -268,6 +323,8 @@ def main() -> None:
                    help="only the exact path's speed: reference vs numba kernel, 1 and 2 threads, beside zpaq -m5")
     p.add_argument("--mixing", action="store_true",
                    help="bits/byte and speed of neural+cm, neural and cm (issue 19) beside zpaq -m5, one thread")
+    p.add_argument("--before", metavar="REV", help="with --speed: also time the code at git REV (a worktree), "
+                   "e.g. 313227e^, the code when issue 20 was filed")
     p.add_argument("--profile", action="store_true", help="only where a decode step's time goes (64 lanes, full ring)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -278,14 +335,17 @@ def main() -> None:
     print(f"model: {args.model} ({model.num_params():,} parameters, {model.config.n_layer} x {model.config.n_embd}, "
           f"pos={model.config.pos}); text: {args.corpus} held-out split ({len(split):,} bytes)")
     if args.profile:
-        for kernel, parts in profile_step(model, split).items():
+        for path, parts in profile_step(model, split).items():
             if torch.get_num_threads() > 1:           # the parts would add up the threads' times
                 parts = {"total": parts["total"]}
-            print(f"decode step, {torch.get_num_threads()} thread(s), kernel {kernel}: " +
+            print(f"decode step, {torch.get_num_threads()} thread(s), {path}: " +
                   ", ".join(f"{k} {v:.1f} ms" for k, v in parts.items()), flush=True)
         return
     if args.speed:
-        speed(model, split, [min(n, len(split)) for n in args.bytes])
+        model_dir = Path(args.model)
+        if args.before and not (model_dir / "model.safetensors").exists():
+            p.error("--before needs --model to be a save_pretrained folder (the default, assets, is one)")
+        speed(model, split, [min(n, len(split)) for n in args.bytes], before=args.before, model_dir=model_dir)
         return
     if args.mixing:
         mixing(model, split, [min(n, len(split)) for n in args.bytes])

@@ -120,26 +120,74 @@ def test_predictor_follows_weight_changes():
     assert exact.ExactPredictor.of(m) is not first
 
 
-def test_matmul_bounds_hold():
-    """Every quantised linear keeps inputs · row L1 + bias below 2^52 (what makes any BLAS exact)."""
-    pred = exact.ExactPredictor.of(BitTransformerLM(BitLMConfig(**TINY_V2)).eval())
+@pytest.mark.parametrize("version", exact.VERSIONS)
+def test_matmul_bounds_hold(version):
+    """Every quantised linear keeps inputs · row L1 + bias below 2^52 (what makes any BLAS exact); in
+    version 2 the weights are int8 (|w| ≤ 127) and an int8 piece's products sum below 2^31 (int32)."""
+    pred = exact.ExactPredictor.of(BitTransformerLM(BitLMConfig(**TINY_V2)).eval(), version=version)
     for blk in pred.blocks:
-        for lin in (blk.qkv, blk.proj, blk.fc, blk.out):
-            assert lin.w.dtype == torch.float64 and torch.equal(lin.w, lin.w.round())
-            assert int(lin.w.abs().sum(-1).max()) * lin.in_bound + int(lin.b.abs().max()) < 1 << 52
+        for lin in (blk.qkv, blk.proj, blk.fc, blk.out, pred.head):
+            if version == 1:
+                w = lin.w
+                assert w.dtype == torch.float64 and torch.equal(w, w.round())
+            else:
+                w = lin.w8.long()
+                assert lin.w8.dtype == torch.int8 and int(w.abs().max()) <= exact.W8_MAX
+                assert 128 * exact.W8_MAX * w.size(1) < 1 << 31
+            assert int(w.abs().sum(-1).max()) * lin.in_bound + int(lin.b.abs().max()) < 1 << 52
     assert math.log2(pred.v_clamp) + exact.ATT_EXP_BITS + math.log2(pred.window + 2) <= 52
+
+
+def test_row_split_keeps_fourteen_bits_and_its_pieces_fit_int8():
+    """Version 2's input rule at its edges: rows below 2^14 pass unchanged (s = 0); larger ones are
+    shifted by the least s that brings their peak under 2^14, rounded half up, clamped to ±(2^14 - 1);
+    hi in [-128, 127], lo in [0, 127], hi · 128 + lo = x'; the numba kernel gives the same."""
+    from bitlm.compress import attention_kernel as K
+    rows = torch.tensor([[16383, -16383, 5, 0], [16384, -1, 2, 3], [-16385, 16384, 7, 1],
+                         [(1 << 40) + 12345, -(1 << 39), 1 << 20, -3], [0, 0, 0, 0], [32767, 32766, -32768, 1]])
+    hi, lo, s = exact._row_split(rows)
+    assert s.view(-1).tolist() == [0, 1, 1, 27, 0, 2]
+    xs = hi * 128 + lo
+    assert torch.equal(xs[0], rows[0]) and xs[1].tolist() == [8192, 0, 1, 2]
+    assert int(xs.abs().max()) <= 16383 and int(hi.min()) >= -128 and int(hi.max()) <= 127
+    assert int(lo.min()) >= 0 and int(lo.max()) <= 127
+    pieces, scale = np.zeros((2 * len(rows), 4), np.int8), np.zeros(len(rows))
+    K.split_rows(rows.double().numpy(), pieces, scale, 0, len(rows))
+    assert np.array_equal(pieces[0::2], hi.numpy()) and np.array_equal(pieces[1::2], lo.numpy())
+    assert np.array_equal(scale, 2.0 ** s.view(-1).double().numpy())
+
+
+def test_int8_engine_falls_back_when_int_mm_saturates(fitted, monkeypatch):
+    """The check `_int8_engine` runs picks torch._int_mm here and refuses one that sums pairs of
+    products in saturating int16 (a CPU without VNNI); the float64 fallback gives the same integers."""
+    arr = lanes_of(held_out("pydoc", 300), 3)
+    assert exact._int8_engine() == "int_mm"
+    ref = teacher_forced(exact.ExactPredictor(fitted, kernel="numba"), arr, 1)
+    real = torch._int_mm
+
+    def saturating(a, b, out=None):
+        a16, b16 = (a.long() + 128), b.long()                 # u8 · s8, pairs summed and clamped to int16
+        prod = (a16.unsqueeze(-1) * b16.unsqueeze(0)).view(a.size(0), -1, 2, b.size(1)).sum(2)
+        return (prod.clamp(-32768, 32767).sum(1) - 128 * b16.sum(0)).to(torch.int32)
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    monkeypatch.setattr(exact, "_ENGINE", [])
+    assert exact._int8_engine() == "float64"
+    assert torch.equal(teacher_forced(exact.ExactPredictor(fitted, kernel="numba"), arr, 1), ref)
+    monkeypatch.setattr(torch, "_int_mm", real)
 
 
 # ------------------------------------------------------------------------------- the numba kernel (issue 20)
 
+@pytest.mark.parametrize("version", exact.VERSIONS)
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_numba_kernel_gives_the_torch_reference_integers(fitted, chunk):
-    """The numba kernel (int16 rings, integer attention) against the float64 torch path, past the
-    window, whatever the chunk, the thread count or the lane split."""
-    ref = teacher_forced(exact.ExactPredictor(fitted, kernel="torch"), lanes_of(held_out("pydoc", 300), 3), 64)
+def test_numba_kernel_gives_the_torch_reference_integers(fitted, chunk, version):
+    """The numba kernel (int16 rings, integer attention; version 2: int8 matmuls) against the float64
+    torch path, past the window, whatever the chunk, the thread count or the lane split."""
+    ref = teacher_forced(exact.ExactPredictor(fitted, kernel="torch", version=version),
+                         lanes_of(held_out("pydoc", 300), 3), 64)
     arr = lanes_of(held_out("pydoc", 300), 3)
     for threads in (1, 2, 3):
-        pred = exact.ExactPredictor(fitted, kernel="numba", threads=threads)
+        pred = exact.ExactPredictor(fitted, kernel="numba", threads=threads, version=version)
         assert pred.kernel == "numba"
         assert torch.equal(teacher_forced(pred, arr, chunk), ref), (chunk, threads)
 
@@ -253,8 +301,9 @@ def test_attention_kernel_int32_paths_agree_with_int64(case, rows, Q):
 
 def test_memory_per_lane_and_for_the_decoder():
     """The figures of LaneState's docstring: int16 keys and values, 2 · layers · window · n_embd · 2
-    bytes a lane (1.57 MB for the shipped 6 × 256 model, window 256; 6.3 MB with float64 rings), and a
-    64-lane decoder's rings, ring_pos and flags add up to exactly 64 times that + window · 8 + 64 · layers."""
+    bytes a lane (1.57 MB for the shipped 6 × 256 model, window 256; 6.3 MB with float64 rings), a
+    64-lane decoder's rings, ring_pos and flags add up to exactly 64 times that + window · 8 + 64 · layers,
+    a decode step's buffers to 56 840 bytes a lane, and the predictor's weights to 4.9 MB (int8)."""
     from pathlib import Path
     model = BitTransformerLM.from_pretrained(str(Path(__file__).resolve().parents[1] / "assets")).eval()
     c = model.config
@@ -265,8 +314,11 @@ def test_memory_per_lane_and_for_the_decoder():
     assert state.nbytes() == 64 * per_lane + c.window * 8 + 64 * c.n_layer == 100_665_728
     assert all(a.dtype == np.int16 for a in state.ring_k + state.ring_v)
     pred.frequencies(state, None, 1)                            # a decode step's buffers
-    C, F = c.n_embd, pred.blocks[0].fc.w.size(0)
-    assert state.scratch_bytes() == 64 * (8 * (9 * C + 2 * F + 256) + 4 * C) == 64 * 37_888
+    C, F = c.n_embd, pred.blocks[0].fc.b.numel()
+    pieces, products = 2 * (C + F), 4 * 2 * (C + 3 * C + F)       # int8 inputs; int32 products per width
+    assert state.scratch_bytes() == 64 * (8 * (9 * C + 2 * F + 256) + 4 * C + pieces + products + 8) == 64 * 56_840
+    assert pred.weight_bytes() == 4_896_768                      # int8 weights, int64 biases: 4.9 MB
+    assert exact.ExactPredictor(model, version=1).weight_bytes() == 38_385_664   # float64: 38.4 MB
     ref = exact.ExactPredictor(model, kernel="torch")
     assert exact.LaneState.bytes_per_lane(ref) == 4 * per_lane == 6_291_456
     assert exact.LaneState(ref, 2).nbytes() == 2 * 4 * per_lane + c.window * 8

@@ -1,9 +1,11 @@
-"""Golden streams: the exact neural stream format, pinned. Files written by the code of commit 2d5e33c
-(EXACT_VERSION 1) with the shipped model (tests/data/golden/*.blm, their originals *.bin, digests in
-golden.json; tests/data/golden/make_golden.py wrote them and names the originals' sources) must decode
-byte for byte, and re-encoding each original must give the very same bytes. A seeded tiny model with a
-head count that is not a power of two (3) and a window the input overflows (the ring wraps) must give
-frequencies with the pinned SHA-256, by teacher-forced chunks and by one-slot steps.
+"""Golden streams: the exact neural stream format of every version this code reads, pinned. Files written
+with the shipped model by the code of commit 2d5e33c (EXACT_VERSION 1: tests/data/golden/*.v1.blm) and by
+the commit that introduced version 2 (*.v2.blm) — their originals *.bin, digests in golden.json;
+tests/data/golden/make_golden.py wrote them and names the originals' sources — must decode byte for byte,
+and re-encoding each original with that version must give the very same bytes (version 2, today's, through
+`compress_file`). A seeded tiny model with a head count that is not a power of two (3) and a window the
+input overflows (the ring wraps) must give frequencies with each version's pinned SHA-256, by
+teacher-forced chunks and by one-slot steps.
 
 Any change of the integer arithmetic that moves one frequency (a rounding, a clamp, a table, a shift)
 fails here; such a change must bump EXACT_VERSION and keep or refuse old streams by name.
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitlm.compress import container, exact
+from bitlm.compress import container, exact, neural
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
 from tests.exact_helpers import one_thread, teacher_forced  # noqa: F401 (autouse fixture)
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=2, n_head=3, n_embd=48, block_size=9 * 64, attn_window=24)   # alibi, factorized (defaults)
 TINY_LANES, TINY_INPUT_BYTES = 3, 240                                             # 80 slots a lane > 24
 STREAMS = ("shakespeare_300", "shakespeare_1500", "pydoc_topics_600", "numpy_so_400")
+VERSIONS = (1, 2)
 
 
 def tiny_model() -> BitTransformerLM:
@@ -65,35 +68,45 @@ def shipped() -> BitTransformerLM:
 
 
 def test_golden_files_are_the_recorded_ones():
-    assert sorted(_digest()["streams"]) == sorted(STREAMS)
-    for name, d in _digest()["streams"].items():
-        assert hashlib.sha256((GOLDEN / f"{name}.bin").read_bytes()).hexdigest() == d["sha256"], name
-        assert hashlib.sha256((GOLDEN / f"{name}.blm").read_bytes()).hexdigest() == d["blm_sha256"], name
+    d = _digest()
+    assert sorted(d["originals"]) == sorted(STREAMS) and sorted(d["versions"]) == [str(v) for v in VERSIONS]
+    for name, o in d["originals"].items():
+        assert hashlib.sha256((GOLDEN / f"{name}.bin").read_bytes()).hexdigest() == o["sha256"], name
+    for v, entry in d["versions"].items():
+        assert sorted(entry["streams"]) == sorted(STREAMS)
+        for name, f in entry["streams"].items():
+            assert hashlib.sha256((GOLDEN / f"{name}.v{v}.blm").read_bytes()).hexdigest() == f["blm_sha256"], name
 
 
 def test_format_constants_are_the_pinned_ones(shipped):
     d = _digest()
-    assert exact.EXACT_VERSION == d["exact_version"] and exact.TABLES_SHA256 == d["tables_sha256"]
-    assert container.neural_fingerprint(shipped).hex() == d["neural_fingerprint"]
+    assert exact.VERSIONS == VERSIONS and exact.EXACT_VERSION == max(VERSIONS)
+    assert exact.TABLES_SHA256 == d["tables_sha256"]
+    for v in VERSIONS:
+        assert container.neural_fingerprint(shipped, v).hex() == d["versions"][str(v)]["neural_fingerprint"]
+    assert container.neural_fingerprint(shipped) == container.neural_fingerprint(shipped, exact.EXACT_VERSION)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", STREAMS)
-def test_golden_stream_decodes_and_reencodes_to_the_same_bytes(shipped, name):
-    """The golden files are version-1 containers (written before the header check); today's container
-    writes version 2, whose header differs, around the very same neural payload."""
-    original, blob = (GOLDEN / f"{name}.bin").read_bytes(), (GOLDEN / f"{name}.blm").read_bytes()
+def test_golden_stream_decodes_and_reencodes_to_the_same_bytes(shipped, name, version):
+    """The version-1 streams sit in version-1 containers (written before the header check); today's
+    container writes version 2 (a header version, not the exact path's), around the very same payload.
+    `decompress_file` tells the exact path's version by the model fingerprint the header names."""
+    original, blob = (GOLDEN / f"{name}.bin").read_bytes(), (GOLDEN / f"{name}.v{version}.blm").read_bytes()
     old = container.read_header(blob)
-    assert (old.method_name, old.version) == ("neural", 1)
+    assert old.method_name == "neural"
     assert container.decompress_file(blob, shipped) == original
-    again = container.compress_file(original, shipped, methods=("neural",)).blob
-    new = container.read_header(again)
-    assert (new.method_name, new.version, new.crc, new.length) == ("neural", 2, old.crc, old.length)
-    assert again[new.size:] == blob[old.size:]
+    payload = neural.model_encode(shipped, original, ("neural",), version=version)[0]["neural"]
+    assert payload == blob[old.size:]
+    if version == exact.EXACT_VERSION:
+        assert container.compress_file(original, shipped, methods=("neural",)).blob == blob
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("chunk", [64, 1])
-def test_tiny_model_frequencies_match_the_pinned_digest(chunk):
-    freq = tiny_frequencies(exact.ExactPredictor(tiny_model()), chunk)
-    want = _digest()["tiny_model"]
+def test_tiny_model_frequencies_match_the_pinned_digest(chunk, version):
+    freq = tiny_frequencies(exact.ExactPredictor(tiny_model(), version=version), chunk)
+    want = _digest()["versions"][str(version)]["tiny_model"]
     assert list(freq.shape) == want["shape"]
     assert hashlib.sha256(freq.numpy().astype("<i8").tobytes()).hexdigest() == want["freq_sha256"]

@@ -86,6 +86,39 @@ def _shift_clamp(y, b, scale, clamp):
 
 
 @nb.njit(**_JIT)
+def split_rows(x, pieces, row_scale, r0, r1):
+    """Version 2's input rule (`integers._row_split`) for rows [r0, r1) of x ((N, K) float64 holding
+    integers below 2^53): s the least s ≥ 0 with max|x| >> s < 2^14, x' = (x + 2^s / 2) >> s clamped to
+    ±(2^14 - 1), pieces[2n] = x' >> 7 and pieces[2n + 1] = x' - (x' >> 7) · 2^7 ((2N, K) int8),
+    row_scale[n] = 2^s (float64)."""
+    K = x.shape[1]
+    for n in range(r0, r1):
+        m = 0
+        for i in range(K):
+            m = max(m, abs(int(x[n, i])))
+        s = 0
+        while (m >> s) >= 16384:
+            s += 1
+        half = (1 << s) >> 1
+        for i in range(K):
+            xs = min(max((int(x[n, i]) + half) >> s, -16383), 16383)
+            hi = xs >> 7
+            pieces[2 * n, i] = hi
+            pieces[2 * n + 1, i] = xs - (hi << 7)
+        row_scale[n] = float(1 << s)
+
+
+@nb.njit(**_JIT)
+def join_rows(acc, row_scale, y, r0, r1):
+    """Rows [r0, r1): y[n] = (acc[2n] · 2^7 + acc[2n + 1]) · row_scale[n], the int8 pieces' products
+    ((2N, out) int32, or float32 holding integers) put back together in float64 — exact: integers
+    below 2^52 by the bound the weights were checked against."""
+    for n in range(r0, r1):
+        for j in range(y.shape[1]):
+            y[n, j] = (float(acc[2 * n, j]) * 128.0 + float(acc[2 * n + 1, j])) * row_scale[n]
+
+
+@nb.njit(**_JIT)
 def split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, r0, r1):
     """Rows [r0, r1) of the qkv linear's product y ((N, 3C) float64) + bias -> q ((N, C) int32: the
     clamp ±qk_clamp ≤ 2^25 fits), k, v ((N, C) int64), rounded, clamped by the linear, then q, k to
@@ -93,9 +126,10 @@ def split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, r0, r1):
     C = q.shape[1]
     for n in range(r0, r1):
         for i in range(C):
-            q[n, i] = int(min(max(_shift_clamp(y[n, i], bias[i], scale, clamp), -qk_clamp), qk_clamp))
-            k[n, i] = int(min(max(_shift_clamp(y[n, C + i], bias[C + i], scale, clamp), -qk_clamp), qk_clamp))
-            v[n, i] = int(min(max(_shift_clamp(y[n, 2 * C + i], bias[2 * C + i], scale, clamp), -v_clamp), v_clamp))
+            q[n, i] = int(min(max(_shift_clamp(y[n, i], bias[i], scale[i], clamp), -qk_clamp), qk_clamp))
+            k[n, i] = int(min(max(_shift_clamp(y[n, C + i], bias[C + i], scale[C + i], clamp), -qk_clamp), qk_clamp))
+            v[n, i] = int(min(max(_shift_clamp(y[n, 2 * C + i], bias[2 * C + i], scale[2 * C + i], clamp), -v_clamp),
+                              v_clamp))
 
 
 @nb.njit(**_JIT)
@@ -104,7 +138,7 @@ def residual_add(x, y, bias, scale, clamp, res_clamp, r0, r1):
     output added to the residual stream, in place)."""
     for n in range(r0, r1):
         for i in range(x.shape[1]):
-            x[n, i] = min(max(x[n, i] + int(_shift_clamp(y[n, i], bias[i], scale, clamp)), -res_clamp), res_clamp)
+            x[n, i] = min(max(x[n, i] + int(_shift_clamp(y[n, i], bias[i], scale[i], clamp)), -res_clamp), res_clamp)
 
 
 @nb.njit(**_JIT)
@@ -112,21 +146,13 @@ def gelu(y, bias, scale, clamp, table, r, out, r0, r1):
     """The fc linear's rounding and clamp, then GELU from the table on [-r, r] (0 below, identity
     above: table[c + r] + max(u - c, 0) with c = clamp(u, ±r)), as float64 for the next matmul.
     Computed in float64 throughout (`_shift_clamp`'s value u and c are integers below 2^53, so the
-    clamps, the sum and the conversions are exact: the integers of the int64 formula), with the
-    rounding's branch on `scale` taken once, outside the loops."""
+    clamps, the sum and the conversions are exact: the integers of the int64 formula)."""
     rf = float(r)
-    lo, hi = -clamp, clamp
     for n in range(r0, r1):
-        if scale < 1.0:
-            for i in range(y.shape[1]):
-                u = min(max(math.floor((y[n, i] + bias[i]) * scale + 0.5), lo), hi)
-                c = min(max(u, -rf), rf)
-                out[n, i] = float(table[int(c) + r]) + max(u - c, 0.0)
-        else:
-            for i in range(y.shape[1]):
-                u = min(max((y[n, i] + bias[i]) * scale, lo), hi)
-                c = min(max(u, -rf), rf)
-                out[n, i] = float(table[int(c) + r]) + max(u - c, 0.0)
+        for i in range(y.shape[1]):
+            u = _shift_clamp(y[n, i], bias[i], scale[i], clamp)
+            c = min(max(u, -rf), rf)
+            out[n, i] = float(table[int(c) + r]) + max(u - c, 0.0)
 
 
 @nb.njit(**_JIT)
@@ -141,7 +167,7 @@ def byte_frequencies(y, bias, scale, clamp, table, total, freq, r0, r1):
     for n in range(r0, r1):
         top = -(1 << 62)
         for i in range(m):
-            lg[i] = int(_shift_clamp(y[n, i], bias[i], scale, clamp))
+            lg[i] = int(_shift_clamp(y[n, i], bias[i], scale[i], clamp))
             top = max(top, lg[i])
         s = 0
         best, arg = -1, 0

@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from bitlm.compress import cm
-from bitlm.compress.exact import UnsupportedModelError
+from bitlm.compress.exact import VERSIONS, UnsupportedModelError
 from bitlm.compress.header import (BZ2, CM, DAMAGED, LZMA, MAGIC, MAX_HEADER_BYTES, MAX_LENGTH, METHOD_NAMES,
                                    METHODS, MODEL_METHODS, NEURAL, NEURAL_CM, STORED, VERSION, ZLIB, Header,
                                    NeuralCodecError, pack_header, read_header, varint, version2_if_repaired)
@@ -211,12 +211,12 @@ def _decode(h: Header, blob: bytes, model: BitTransformerLM | None, max_bytes: i
         if model is None:
             raise NeuralCodecError(f"this file was compressed with a model (method {h.method_name}); load that "
                                    f"model to decompress it")
-        loaded = neural_fingerprint(model)
-        if loaded != h.fingerprint:
+        version = next((v for v in sorted(VERSIONS, reverse=True) if neural_fingerprint(model, v) == h.fingerprint), None)
+        if version is None:                  # files of an earlier exact path name the model with its version
             raise NeuralCodecError(f"this file was compressed with model {h.fingerprint.hex()}, but the loaded model "
-                                   f"is {loaded.hex()}; decompress it with the model that compressed it"
-                                   + earlier_model_hint(h.fingerprint))
-        out = model_decode(model, payload, h.length, h.method_name, on_progress, device)
+                                   f"is {neural_fingerprint(model).hex()}; decompress it with the model that "
+                                   f"compressed it" + earlier_model_hint(h.fingerprint))
+        out = model_decode(model, payload, h.length, h.method_name, on_progress, device, version)
     elif h.method == CM:
         if h.length == 0 and payload:
             raise NeuralCodecError(f"{DAMAGED}: {len(payload)} unexpected bytes after the header of an empty file")

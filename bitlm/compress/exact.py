@@ -56,9 +56,9 @@ import torch
 
 from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path's public constants and errors)
     RES_BITS, NORM_BITS, ACT_BITS, LOGIT_BITS, ATT_EXP_BITS, HEAD_EXP_BITS, MAX_WEIGHT_BITS, SLOPE_BITS,
-    GELU_RANGE, FREQ_TOTAL, RES_CLAMP, EXACT_VERSION, _SAFE, _HIDDEN, TABLES_SHA256, UnsupportedModelError,
+    GELU_RANGE, FREQ_TOTAL, RES_CLAMP, EXACT_VERSION, VERSIONS, _SAFE, _HIDDEN, TABLES_SHA256, UnsupportedModelError,
     ExactnessError, _exp_neg_table, _gelu_table, tables, tables_digest, _rshift, _fshift, _quantise,
-    _round_pow2, _Linear, _linear)
+    _round_pow2, _Linear, _Linear8, _linear, _row_split, W8_MAX, ROW_BITS, PIECE_BITS)
 from bitlm.model.transformer import BitTransformerLM
 
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
@@ -129,7 +129,9 @@ class LaneState:
 
     def scratch_bytes(self) -> int:
         """Bytes of the scratch buffers allocated so far (one set per chunk size)."""
-        return sum(a.nbytes for sc in self._scratch.values() for a in sc.values() if isinstance(a, np.ndarray))
+        arrays = [a for sc in self._scratch.values() for v in sc.values()
+                  for a in (v.values() if isinstance(v, dict) else [v]) if isinstance(a, np.ndarray)]
+        return sum(a.nbytes for a in arrays)
 
     def _widen(self, i: int) -> None:
         """Give the lanes of layer i marked 2 (a key or value outside int16) a wide copy of their ring."""
@@ -160,8 +162,11 @@ class ExactPredictor:
     thread count at each call); never changes a result."""
 
     def __init__(self, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, version: int = EXACT_VERSION) -> None:
         c = model.config
+        if version not in VERSIONS:
+            raise ValueError(f"exact-path version {version} is not one of {VERSIONS}")
+        self.version = version
         self.device = torch.device(device)
         if kernel not in (None, "numba", "torch"):
             raise ValueError(f"kernel must be 'numba', 'torch' or None (the default), got {kernel!r}")
@@ -205,19 +210,23 @@ class ExactPredictor:
                 a, (fc, _, proj, _) = blk.attn, blk.mlp
                 scale = torch.cat([torch.full((C,), inv, dtype=torch.float64), torch.ones(2 * C, dtype=torch.float64)])
                 qkv = _linear(a.c_attn.weight, a.c_attn.bias, blk.ln_1.weight, blk.ln_1.bias,
-                              NORM_BITS, norm_bound, ACT_BITS, max(self.qk_clamp, self.v_clamp), row_scale=scale)
+                              NORM_BITS, norm_bound, ACT_BITS, max(self.qk_clamp, self.v_clamp), row_scale=scale,
+                              version=version)
                 self.blocks.append(_Block(
                     ln1=ln(blk.ln_1), qkv=qkv,
-                    proj=_linear(a.c_proj.weight, a.c_proj.bias, None, None, ACT_BITS, self.v_clamp, RES_BITS, RES_CLAMP),
+                    proj=_linear(a.c_proj.weight, a.c_proj.bias, None, None, ACT_BITS, self.v_clamp, RES_BITS, RES_CLAMP,
+                                 version=version),
                     ln2=ln(blk.ln_2),
-                    fc=_linear(fc.weight, fc.bias, blk.ln_2.weight, blk.ln_2.bias, NORM_BITS, norm_bound, ACT_BITS, act_clamp),
-                    out=_linear(proj.weight, proj.bias, None, None, ACT_BITS, act_clamp, RES_BITS, RES_CLAMP)))
+                    fc=_linear(fc.weight, fc.bias, blk.ln_2.weight, blk.ln_2.bias, NORM_BITS, norm_bound, ACT_BITS, act_clamp,
+                               version=version),
+                    out=_linear(proj.weight, proj.bias, None, None, ACT_BITS, act_clamp, RES_BITS, RES_CLAMP,
+                                version=version)))
             self.ln_f = ln(model.ln_f)
             b = torch.arange(256)
             pats = (2 * b + _parity(b)) if c.parity else b             # the pattern of each byte value
             self.byte_pattern = pats
             self.head = _linear(model.patch_emb.weight.detach().cpu()[pats], None, model.ln_f.weight, model.ln_f.bias,
-                                NORM_BITS, norm_bound, LOGIT_BITS, 1 << (LOGIT_BITS + 24))
+                                NORM_BITS, norm_bound, LOGIT_BITS, 1 << (LOGIT_BITS + 24), version=version)
         cpu_ok = self.device.type == "cpu" and self.ring > 0 and _kernels() is not None
         if kernel == "numba" and not cpu_ok:
             raise ValueError("the numba kernel runs on the CPU, with numba installed, for windows of 2 slots or more")
@@ -232,21 +241,30 @@ class ExactPredictor:
             for name in ("att_exp", "att_exp_f", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
                 setattr(self, name, getattr(self, name).to(self.device))
             for lin in [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]:
-                lin.w, lin.b = lin.w.to(self.device), lin.b.to(self.device)
+                for name in ("w", "w8", "b", "shifts"):
+                    if hasattr(lin, name):
+                        setattr(lin, name, getattr(lin, name).to(self.device))
+
+    def weight_bytes(self) -> int:
+        """Bytes of the quantised linear layers' weights and biases (int8 weights in version 2, float64 in 1)."""
+        lins = [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]
+        return sum((lin.w8 if self.version >= 2 else lin.w).nbytes + lin.b.nbytes for lin in lins)
 
     _cache: "weakref.WeakKeyDictionary[BitTransformerLM, dict[tuple, tuple[tuple, ExactPredictor]]]" = weakref.WeakKeyDictionary()
 
     @classmethod
-    def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None) -> "ExactPredictor":
-        """The predictor of `model` on `device` (its integers are the same on any device and kernel),
-        derived once and re-derived when a weight changed in place. Raises UnsupportedModelError (see the class)."""
-        key = (str(device), kernel or DEFAULT_KERNEL)
+    def of(cls, model: BitTransformerLM, device: str | torch.device = "cpu", kernel: str | None = None,
+           version: int = EXACT_VERSION) -> "ExactPredictor":
+        """The predictor of `model` on `device` for exact-path `version` (its integers are the same on any
+        device and kernel), derived once and re-derived when a weight changed in place. Raises
+        UnsupportedModelError (see the class)."""
+        key = (str(device), kernel or DEFAULT_KERNEL, version)
         versions = tuple((n, t._version, t.data_ptr()) for n, t in model.state_dict().items())
         preds = cls._cache.setdefault(model, {})
         hit = preds.get(key)
         if hit is not None and hit[0] == versions:
             return hit[1]
-        pred = cls(model, device, kernel)
+        pred = cls(model, device, kernel, version=version)
         preds[key] = (versions, pred)
         return pred
 
@@ -358,15 +376,38 @@ class ExactPredictor:
         sc = state._scratch.get(Q)
         if sc is None:
             N, C = state.lanes * Q, self.n_head * self.head_dim
+            F = self.blocks[0].fc.b.numel()
             f, i = np.float64, np.int64
             sc = {"x": np.empty((N, C), i), "ln": np.empty((N, C), f), "y3": np.empty((N, 3 * C), f),
                   "q": np.empty((N, C), np.int32), "k": np.empty((N, C), i), "v": np.empty((N, C), i),
                   "att": np.empty((N, C), f), "yc": np.empty((N, C), f),
-                  "u": np.empty((N, self.blocks[0].fc.w.size(0)), f), "g": np.empty((N, self.blocks[0].fc.w.size(0)), f),
+                  "u": np.empty((N, F), f), "g": np.empty((N, F), f),
                   "logit": np.empty((N, 256), f)}
             sc["t"] = {k: torch.from_numpy(v) for k, v in sc.items() if v.dtype == f}
+            if self.version >= 2:       # int8 pieces of a matmul's input per width, its products per width
+                acc_dtype = np.int32 if _int8_engine() == "int_mm" else np.float64
+                widths = {C, F}
+                sc["pieces"] = {w: np.empty((2 * N, w), np.int8) for w in widths}
+                sc["acc"] = {w: np.empty((2 * N, w), acc_dtype) for w in widths | {3 * C, 256}}
+                sc["row_scale"] = np.empty(N, f)
+                sc["t8"] = {k: {w: torch.from_numpy(a) for w, a in sc[k].items()} for k in ("pieces", "acc")}
             state._scratch[Q] = sc
         return sc
+
+    def _matmul(self, sc: dict, src: str, lin, dst: str, r0: int, r1: int) -> None:
+        """Rows [r0, r1) of sc[dst] = sc[src] @ lin's weights, exact: v1 a float64 matmul (integers below
+        2^52), v2 the input's int8 pieces (`split_rows`) times the int8 weights (`_int8_matmul`), joined
+        in float64 (`join_rows`)."""
+        T = sc["t"]
+        if self.version == 1:
+            torch.matmul(T[src][r0:r1], lin.w.t(), out=T[dst][r0:r1])
+            return
+        K = _kernels()
+        x, y = sc[src], sc[dst]
+        pieces, acc = sc["pieces"][x.shape[1]], sc["acc"][y.shape[1]]
+        K.split_rows(x, pieces, sc["row_scale"], r0, r1)
+        _int8_matmul(sc["t8"]["pieces"][x.shape[1]][2 * r0:2 * r1], lin.w8t, sc["t8"]["acc"][y.shape[1]][2 * r0:2 * r1])
+        K.join_rows(acc, sc["row_scale"], y, r0, r1)
 
     def _run(self, fn, args: tuple, B: int, T: int) -> None:
         """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, the first on this thread,
@@ -399,13 +440,12 @@ class ExactPredictor:
         """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the float64
         matmuls (torch) and the numba kernels between them, then the head's byte frequencies."""
         K, state, sc, Q, rows, src, br, bc, freq = ctx
-        T, t, hd = sc["t"], self._np, self.head_dim
+        t, hd = self._np, self.head_dim
         x, ln, r0, r1 = sc["x"], sc["ln"], l0 * Q, l1 * Q
-        lnt, y3t, attt, yct, ut, gt = (T[k][r0:r1] for k in ("ln", "y3", "att", "yc", "u", "g"))
         first = self.blocks[0]
         K.pre_layer(x, first.ln1[0], first.ln1[1], ln, Q, l0, l1)
         for i, blk in enumerate(self.blocks):
-            torch.matmul(lnt, blk.qkv.w.t(), out=y3t)
+            self._matmul(sc, "ln", blk.qkv, "y3", r0, r1)
             wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
             wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
             if K.post_qkv(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
@@ -415,17 +455,17 @@ class ExactPredictor:
                     state._widen(i)
                 K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
                         state.wide[i], rows, src, hd, l0, l1)
-            torch.matmul(attt, blk.proj.w.t(), out=yct)
+            self._matmul(sc, "att", blk.proj, "yc", r0, r1)
             K.post_residual(x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
                             blk.ln2[0], blk.ln2[1], ln, Q, l0, l1)
-            torch.matmul(lnt, blk.fc.w.t(), out=ut)
+            self._matmul(sc, "ln", blk.fc, "u", r0, r1)
             K.post_fc(sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], GELU_RANGE << ACT_BITS,
                       sc["g"], Q, l0, l1)
-            torch.matmul(gt, blk.out.w.t(), out=yct)
+            self._matmul(sc, "g", blk.out, "yc", r0, r1)
             nxt = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
             K.post_residual(x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
                             nxt[0], nxt[1], ln, Q, l0, l1)
-        torch.matmul(lnt, self.head.w.t(), out=T["logit"][r0:r1])
+        self._matmul(sc, "ln", self.head, "logit", r0, r1)
         K.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
                     FREQ_TOTAL, freq, Q, l0, l1)
 
@@ -483,6 +523,46 @@ def _pool(workers: int):
         _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bitlm-exact",
                                        initializer=torch.set_num_threads, initargs=(1,))]
     return _POOL[0]
+
+
+_ENGINE: list = []
+
+
+def _int8_engine() -> str:
+    """How this process multiplies version 2's int8 matrices: "int_mm" (torch._int_mm, int32 sums) when
+    it gives the exact products here, else "float64" (a float64 matmul of the same integers: every
+    partial sum is an integer below 2^31, so it is exact too, at float64's speed). Integer sums are exact in any order; the
+    one known way an int8 GEMM is not exact is a CPU without VNNI whose kernel sums pairs of u8·s8
+    products in saturating int16 (vpmaddubsw): the check multiplies matrices that saturate it, of
+    every lane count a step may have, and falls back on any difference or error."""
+    if not _ENGINE:
+        engine = "float64"
+        try:
+            ok = True
+            for M in (1, 2, 5, 64, 128):
+                for Kd in (256, 1024):
+                    g = torch.Generator().manual_seed(M * Kd)
+                    a = torch.randint(-128, 128, (M, Kd), generator=g, dtype=torch.int64)
+                    a[:, ::2] = 127                                       # u8 255 after a +128 shift
+                    w = torch.randint(-127, 128, (256, Kd), generator=g, dtype=torch.int64)
+                    w[:, ::3] = 127
+                    w[:128] = torch.where(a[0] > 0, 127, -127)            # sums at the int16 edges
+                    out = torch._int_mm(a.to(torch.int8), w.to(torch.int8).t())
+                    ok = ok and out.dtype == torch.int32 and torch.equal(out.long(), a @ w.t())
+            engine = "int_mm" if ok else engine
+        except (RuntimeError, AttributeError, NotImplementedError):
+            pass
+        _ENGINE.append(engine)
+    return _ENGINE[0]
+
+
+def _int8_matmul(a: torch.Tensor, w8t: torch.Tensor, out: torch.Tensor) -> None:
+    """out = a @ w8t, exact: a (M, K) int8, w8t (K, N) int8 (a transposed view), out (M, N) int32 or
+    float64 as `_int8_engine` chose (the scratch buffers are made to match)."""
+    if out.dtype == torch.int32:
+        torch._int_mm(a, w8t, out=out)
+    else:
+        torch.matmul(a.double(), w8t.double(), out=out)
 
 
 _KERNELS: list = []

@@ -26,7 +26,11 @@ SLOPE_BITS = 30               # ALiBi slopes are held to 2^-30 before the bias i
 GELU_RANGE = 8                # GELU is tabulated on [-8, 8]; gelu(x) = x above, 0 below
 FREQ_TOTAL = (1 << 24) - 256  # the 256 frequencies of a byte sum to this; the coder adds 1 to each
 RES_CLAMP = 1 << (RES_BITS + 8)
-EXACT_VERSION = 1             # bump when any constant or rule above changes the frequencies
+EXACT_VERSION = 2             # the version new streams are written in; bump when a constant or rule changes the frequencies
+VERSIONS = (1, 2)             # versions this code computes: 1 (float64 weights of up to 20 bits) is kept to decode old files
+W8_MAX = 127                  # v2: weights are int8 in [-W8_MAX, W8_MAX], each output row at its own power of two
+ROW_BITS = 14                 # v2: a linear's input row is held as x' = round(x / 2^s) with |x'| < 2^14 (least s ≥ 0)
+PIECE_BITS = 7                # v2: x' = hi · 2^7 + lo, hi in [-128, 127], lo in [0, 127]: two int8 matrices
 _SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
 _HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
 
@@ -152,6 +156,7 @@ class _Linear:
     clamp: int
     in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
     _bf: torch.Tensor | None = None
+    _scale: np.ndarray | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(x.double(), self.w.t()).add_(self.bf)      # exact: integers below 2^52
@@ -163,9 +168,11 @@ class _Linear:
         return self.bf.numpy()
 
     @property
-    def scale(self) -> float:
-        """2^-shift: `_fshift` multiplies by it (then adds 1/2 and floors when shift > 0)."""
-        return 2.0 ** -self.shift
+    def scale(self) -> np.ndarray:
+        """(out,) float64, each 2^-shift: `_fshift` multiplies by it (then adds 1/2 and floors when shift > 0)."""
+        if self._scale is None:
+            self._scale = np.full(self.w.size(0), 2.0 ** -self.shift)
+        return self._scale
 
     @property
     def bf(self) -> torch.Tensor:
@@ -175,10 +182,83 @@ class _Linear:
         return self._bf
 
 
+def _row_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Version 2's input rule: (…, K) int64 rows -> (hi, lo, s). s (…, 1) is the least s ≥ 0 with
+    max|x| >> s < 2^ROW_BITS; x' = `_rshift`(x, s) clamped to ±(2^ROW_BITS - 1); hi = x' >> PIECE_BITS
+    (floor) in [-128, 127] and lo = x' - hi · 2^PIECE_BITS in [0, 127], both int64."""
+    m = x.abs().amax(-1, keepdim=True)
+    s = torch.zeros_like(m)
+    while bool(((m >> s) >= (1 << ROW_BITS)).any()):
+        s += ((m >> s) >= (1 << ROW_BITS)).long()
+    half = torch.bitwise_left_shift(torch.ones_like(s), s) >> 1
+    xs = ((x + half) >> s).clamp_(-(1 << ROW_BITS) + 1, (1 << ROW_BITS) - 1)
+    hi = xs >> PIECE_BITS
+    return hi, xs - (hi << PIECE_BITS), s
+
+
+def _shift_rows(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`_fshift` with a power of two per output column: y · scale (exact), then + 1/2 and floor where
+    scale < 1. y: (…, out) integer-valued float64 below 2^52; scale: (out,) float64."""
+    y = y * scale
+    return torch.where(scale < 1.0, torch.floor(y + 0.5), y)
+
+
+@dataclass
+class _Linear8:
+    """Version 2's quantised linear: y = round((x'·2^s · W8^T + b) / 2^shift_j), clamped, where each
+    input row is held in ROW_BITS bits (`_row_split`: x' and its shift s) and row j of W8 is int8 at its
+    own power of two w_bits_j. The two int8 pieces of x' meet W8 in integer matmuls whose every partial
+    sum is below 128 · 127 · K < 2^31 (K < 132 000, checked: exact in int32 and in float64), then
+    (acc_hi · 2^7 + acc_lo) · 2^s + b is an integer below 2^52 (the bound checked at derivation), exact
+    in float64."""
+    w8: torch.Tensor         # (out, in) int8
+    b: torch.Tensor          # (out,) int64 at in_bits + w_bits_j
+    shifts: torch.Tensor     # (out,) int64: in_bits + w_bits_j - out_bits
+    clamp: int
+    in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
+    _bf: torch.Tensor | None = None
+    _scale: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        hi, lo, s = _row_split(x)
+        w = self.w8.double().t()
+        acc = torch.matmul(hi.double(), w).mul_(1 << PIECE_BITS).add_(torch.matmul(lo.double(), w))
+        y = acc.mul_(torch.bitwise_left_shift(torch.ones_like(s), s).double()).add_(self.bf)
+        return _shift_rows(y, self.scale_t).clamp_(-self.clamp, self.clamp).to(torch.int64)
+
+    @property
+    def bf(self) -> torch.Tensor:
+        """The bias as float64 (exact: |b| < 2^52)."""
+        if self._bf is None or self._bf.device != self.b.device:
+            self._bf = self.b.double()
+        return self._bf
+
+    @property
+    def w8t(self) -> torch.Tensor:
+        """(in, out) int8: the transposed view `torch._int_mm` multiplies by."""
+        return self.w8.t()
+
+    @property
+    def scale_t(self) -> torch.Tensor:
+        """(out,) float64 2^-shift_j."""
+        if self._scale is None or self._scale.device != self.b.device:
+            self._scale = torch.pow(2.0, -self.shifts.double()).to(self.b.device)
+        return self._scale
+
+    @property
+    def np_b(self) -> np.ndarray:
+        return self.bf.numpy()
+
+    @property
+    def scale(self) -> np.ndarray:
+        """(out,) float64 2^-shift_j, for the numba kernels."""
+        return self.scale_t.numpy()
+
+
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
             in_bits: int, in_bound: int, out_bits: int, out_clamp: int,
-            row_scale: torch.Tensor | None = None) -> _Linear:
-    """Quantise a Linear, folding a preceding layer norm's gain (gamma) and shift (beta) into it and
+            row_scale: torch.Tensor | None = None, version: int = EXACT_VERSION) -> _Linear | _Linear8:
+    """Quantise a Linear for exact-path `version` (1: `_Linear`, 2: `_Linear8`), folding a preceding layer norm's gain (gamma) and shift (beta) into it and
     multiplying its rows by row_scale ((out,) float64, None: 1); the weight precision is the largest ≤ MAX_WEIGHT_BITS for which
     in_bound · max row L1 + |bias| stays below 2^52. Raises UnsupportedModelError if none does."""
     w = weight.detach().cpu().double()
@@ -186,6 +266,8 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor
         w = w * gamma.detach().cpu().double()      # float32 × float32: exact in float64
     if row_scale is not None:
         w = w * row_scale.view(-1, 1)              # one correctly rounded product each
+    if version >= 2:
+        return _linear8(w, weight, bias, beta, in_bits, in_bound, out_bits, out_clamp, row_scale)
     for w_bits in range(MAX_WEIGHT_BITS, -1, -1):
         wi = _quantise(w, w_bits)
         acc = in_bits + w_bits
@@ -200,3 +282,31 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor
         if bound < _SAFE:
             return _Linear(wi.double(), b, acc - out_bits, out_clamp, in_bound)
     raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
+
+
+def _linear8(w: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, beta: torch.Tensor | None,
+             in_bits: int, in_bound: int, out_bits: int, out_clamp: int, row_scale: torch.Tensor | None) -> _Linear8:
+    """`_linear` for version 2: w (out, in) float64 (gain and row_scale folded in) -> int8 rows, row j at the
+    largest power of two w_bits_j ≤ MAX_WEIGHT_BITS that keeps round(w_j · 2^w_bits_j) within ±W8_MAX;
+    biases (and the folded layer-norm shift, W·beta) at in_bits + w_bits_j."""
+    peak = w.abs().amax(-1)
+    k = torch.full_like(peak, MAX_WEIGHT_BITS, dtype=torch.int64)
+    while True:                                    # lower each row's power until its rounded peak fits int8
+        over = torch.round(peak * torch.pow(2.0, k.double())) > W8_MAX
+        if not bool(over.any()):
+            break
+        k -= over.long()
+    pow_k = torch.pow(2.0, k.double()).view(-1, 1)
+    w8 = torch.round(w * pow_k).to(torch.int64)
+    b = torch.zeros(w.size(0), dtype=torch.int64)
+    if bias is not None:
+        b = b + torch.round(bias.detach().cpu().double() * torch.pow(2.0, (k + in_bits).double())).to(torch.int64)
+    if beta is not None:                           # b + W·beta, in integers
+        wq = torch.round(weight.detach().cpu().double() * pow_k).to(torch.int64)
+        b = b + (wq * _quantise(beta.detach(), in_bits)).sum(-1)
+    if row_scale is not None:
+        b = torch.round(b.double() * row_scale).to(torch.int64)
+    bound = in_bound * int(w8.abs().sum(-1).max()) + int(b.abs().max())
+    if bound >= _SAFE or w.size(1) * 128 * W8_MAX >= 1 << 31:
+        raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
+    return _Linear8(w8.to(torch.int8), b, k + in_bits - out_bits, out_clamp, in_bound)

@@ -54,10 +54,11 @@ def model_fingerprint(model: BitTransformerLM) -> bytes:
     return fp
 
 
-def neural_fingerprint(model: BitTransformerLM) -> bytes:
+def neural_fingerprint(model: BitTransformerLM, version: int = EXACT_VERSION) -> bytes:
     """2 bytes naming the model for model-coded streams: sha256 over the float model's fingerprint
-    (config and weights), the exact path's version and its lookup tables."""
-    h = hashlib.sha256(model_fingerprint(model) + bytes([EXACT_VERSION]))
+    (config and weights), the exact path's version and its lookup tables. A file written by an earlier
+    version of the exact path names the same model with that version's fingerprint."""
+    h = hashlib.sha256(model_fingerprint(model) + bytes([version]))
     h.update(tables_digest({k: v.numpy() for k, v in tables().items()}).encode())
     return h.digest()[:2]
 
@@ -105,13 +106,14 @@ def _chunk_slots(pred: ExactPredictor, lanes: int) -> int:
 
 def model_encode(model: BitTransformerLM, data: bytes, coders: tuple[str, ...] = ("neural",),
                  chunk: int | None = None, on_progress: Progress | None = None,
-                 device: str = "cpu") -> tuple[dict[str, bytes], float]:
+                 device: str = "cpu", version: int = EXACT_VERSION) -> tuple[dict[str, bytes], float]:
     """Code data with the model's exact predictor for each of `coders` ("neural", "neural+cm") in one
     pass: returns ({coder: payload}, ideal bits of the neural method = Σ -log2 of the coded
     frequencies). chunk: slots per teacher-forced step (None: as CHUNK_BUDGET allows); device: where
-    the predictor runs; neither changes a payload. Raises UnsupportedModelError for a model the exact
-    path cannot run."""
-    pred = ExactPredictor.of(model, device)
+    the predictor runs; neither changes a payload. version: the exact path's version (an earlier one
+    only to reproduce its streams in tests). Raises UnsupportedModelError for a model the exact path
+    cannot run."""
+    pred = ExactPredictor.of(model, device, version=version)
     n = len(data)
     if n == 0:
         return {c: b"" for c in coders}, 0.0
@@ -149,9 +151,10 @@ def model_encode(model: BitTransformerLM, data: bytes, coders: tuple[str, ...] =
 
 
 def model_decode(model: BitTransformerLM, payload: bytes, n: int, coder: str = "neural",
-                 on_progress: Progress | None = None, device: str = "cpu") -> bytes:
-    """Inverse of `model_encode` for one coder and an n-byte original (on any device). Raises
-    NeuralCodecError when the payload cannot be what the coder wrote (the caller checks the CRC)."""
+                 on_progress: Progress | None = None, device: str = "cpu", version: int = EXACT_VERSION) -> bytes:
+    """Inverse of `model_encode` for one coder, an n-byte original and the exact path's `version` that
+    wrote it (on any device). Raises NeuralCodecError when the payload cannot be what the coder wrote
+    (the caller checks the CRC)."""
     if n == 0:
         if payload:
             raise NeuralCodecError(f"{DAMAGED}: {len(payload)} unexpected bytes after the header of an empty file")
@@ -159,7 +162,7 @@ def model_decode(model: BitTransformerLM, payload: bytes, n: int, coder: str = "
     if coder == "neural" and len(payload) % 4:
         raise NeuralCodecError(f"{DAMAGED} or truncated: the neural payload is {len(payload)} bytes, not whole "
                                f"32-bit words")
-    pred = ExactPredictor.of(model, device)
+    pred = ExactPredictor.of(model, device, version=version)
     lanes = neural_lanes(n)
     L, lens = lane_layout(n, lanes)
     state = LaneState(pred, lanes)
