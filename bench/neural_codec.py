@@ -136,8 +136,8 @@ def _full_state(pred: exact.ExactPredictor, lanes: int, split: bytes) -> exact.L
 
 def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[str, dict[str, float]]:
     """{path: {part: ms per decode step}} for one-slot steps of `lanes` lanes over a full ring, for the
-    numba kernel of version 1 (float64 linears) and version 2 (int8 linears): the attention (`post_qkv`:
-    attention with the qkv rounding and the ring store), the linear layers (`ExactPredictor._matmul`:
+    numba kernel of version 1 (float64 linears, int16 rings) and version 2 (int8 linears and rings): the
+    attention (`post_qkv` / `post_qkv8`: attention with the qkv rounding and the ring store), the linear layers (`ExactPredictor._matmul`:
     v1 the float64 matmuls, v2 the int8 pieces, products and join), the rest (total minus both), median
     over `steps` steps."""
     import statistics
@@ -159,7 +159,7 @@ def profile_step(model, split: bytes, lanes: int = 64, steps: int = 12) -> dict[
                 return r
             patches.append((owner, name, fn))
             setattr(owner, name, wrapped)
-        timer(K, "post_qkv", "attention")
+        timer(K, "post_qkv8" if version >= 2 else "post_qkv", "attention")
         timer(pred, "_matmul", "linear")
         rows = {"attention": [], "linear": [], "total": []}
         prev = torch.tensor(list(split[:lanes]), dtype=torch.int64).view(lanes, 1)

@@ -208,8 +208,9 @@ def test_numba_kernel_follows_torch_thread_count(fitted):
 
 @pytest.mark.parametrize("scale", [5.0, 6.0])   # 5.0: one lane of layer 1 widens, 6.0: all
 def test_lanes_that_outgrow_int16_are_widened_exactly(scale):
-    """q/k/v weights scaled up until keys and values leave int16 (in some lanes or all): those lanes'
-    rings are widened to int32 and the integers stay the torch path's, with 1 or 2 threads."""
+    """Version 1 (int16 rings): q/k/v weights scaled up until keys and values leave int16 (in some lanes
+    or all): those lanes' rings are widened to int32 and the integers stay the torch path's, with 1 or 2
+    threads."""
     torch.manual_seed(7)
     m = BitTransformerLM(BitLMConfig(**TINY_V2)).eval()
     with torch.no_grad():
@@ -219,9 +220,9 @@ def test_lanes_that_outgrow_int16_are_widened_exactly(scale):
         for b in m.blocks:
             b.attn.c_attn.weight.mul_(scale)
     arr = lanes_of(held_out("pydoc", 4 * 70), 4)
-    ref = teacher_forced(exact.ExactPredictor(m, kernel="torch"), arr, 64)
+    ref = teacher_forced(exact.ExactPredictor(m, kernel="torch", version=1), arr, 64)
     for threads, chunk in ((1, 1), (2, 1), (2, 9)):
-        pred = exact.ExactPredictor(m, kernel="numba", threads=threads)
+        pred = exact.ExactPredictor(m, kernel="numba", threads=threads, version=1)
         state = exact.LaneState(pred, 4)
         parts = []
         for s in range(0, arr.size(1), chunk):
@@ -300,25 +301,81 @@ def test_attention_kernel_int32_paths_agree_with_int64(case, rows, Q):
 
 
 def test_memory_per_lane_and_for_the_decoder():
-    """The figures of LaneState's docstring: int16 keys and values, 2 · layers · window · n_embd · 2
-    bytes a lane (1.57 MB for the shipped 6 × 256 model, window 256; 6.3 MB with float64 rings), a
-    64-lane decoder's rings, ring_pos and flags add up to exactly 64 times that + window · 8 + 64 · layers,
-    a decode step's buffers to 56 840 bytes a lane, and the predictor's weights to 4.9 MB (int8)."""
+    """The figures of LaneState's docstring: version 2 holds keys and values in int8 with an int8 shift
+    per head and row, 2 · layers · window · (n_embd + n_head) bytes a lane (0.81 MB for the shipped 6 × 256
+    model with 8 heads and its 256-slot window; version 1's int16: 1.57 MB; the torch path's float64:
+    6.3 MB); a 64-lane decoder's rings and ring_pos add up to exactly 64 times that + window · 8; a decode
+    step's buffers to 57 352 bytes a lane; the predictor's weights to 4.9 MB (int8; version 1: 38.4 MB)."""
     from pathlib import Path
     model = BitTransformerLM.from_pretrained(str(Path(__file__).resolve().parents[1] / "assets")).eval()
     c = model.config
     pred = exact.ExactPredictor.of(model)
-    per_lane = 2 * c.n_layer * c.window * c.n_embd * 2
-    assert exact.LaneState.bytes_per_lane(pred) == per_lane == 1_572_864
+    per_lane = 2 * c.n_layer * c.window * (c.n_embd + c.n_head)
+    assert exact.LaneState.bytes_per_lane(pred) == per_lane == 811_008
     state = exact.LaneState(pred, 64)
-    assert state.nbytes() == 64 * per_lane + c.window * 8 + 64 * c.n_layer == 100_665_728
-    assert all(a.dtype == np.int16 for a in state.ring_k + state.ring_v)
+    assert state.nbytes() == 64 * per_lane + c.window * 8 == 51_906_560
+    assert all(a.dtype == np.int8 for a in state.ring_k + state.ring_v + state.shift_k + state.shift_v)
     pred.frequencies(state, None, 1)                            # a decode step's buffers
     C, F = c.n_embd, pred.blocks[0].fc.b.numel()
     pieces, products = 2 * (C + F), 4 * 2 * (C + 3 * C + F)       # int8 inputs; int32 products per width
-    assert state.scratch_bytes() == 64 * (8 * (9 * C + 2 * F + 256) + 4 * C + pieces + products + 8) == 64 * 56_840
+    shifts = 2 * 8 * c.n_head                                    # a slot's key and value shifts per head
+    assert state.scratch_bytes() == 64 * (8 * (9 * C + 2 * F + 256) + 4 * C + pieces + products + 8 + shifts) \
+        == 64 * 56_968
     assert pred.weight_bytes() == 4_896_768                      # int8 weights, int64 biases: 4.9 MB
-    assert exact.ExactPredictor(model, version=1).weight_bytes() == 38_385_664   # float64: 38.4 MB
+    v1 = exact.ExactPredictor(model, version=1)
+    assert v1.weight_bytes() == 38_385_664                       # float64: 38.4 MB
+    assert exact.LaneState.bytes_per_lane(v1) == 2 * c.n_layer * c.window * c.n_embd * 2 == 1_572_864
+    assert exact.LaneState(v1, 64).nbytes() == 64 * 1_572_864 + c.window * 8 + 64 * c.n_layer
     ref = exact.ExactPredictor(model, kernel="torch")
-    assert exact.LaneState.bytes_per_lane(ref) == 4 * per_lane == 6_291_456
-    assert exact.LaneState(ref, 2).nbytes() == 2 * 4 * per_lane + c.window * 8
+    assert exact.LaneState.bytes_per_lane(ref) == 8 * 2 * c.n_layer * c.window * c.n_embd == 6_291_456
+    assert exact.LaneState(ref, 2).nbytes() == 2 * 6_291_456 + c.window * 8
+
+
+@pytest.mark.parametrize("q_l1, k_shift, v_shift", [
+    (16_909_320, 0, 0),          # L1 · 127 = 2^31 - 1 - 87: q·k' in int32 at its edge
+    (16_909_321, 3, 2),          # one past it: int64
+    (0, 20, 16),                 # every weight 2^16, values << 16: Σ wh · 127 just fits int32 (256 or 257 rows)
+    (0, 0, 17),                  # << 17: int64
+    (40_000, None, None)])       # random int8 keys, values and shifts (0 … 20)
+@pytest.mark.parametrize("rows, Q", [(256, 1), (257, 1), (255, 3)])
+def test_int8_attention_kernel_gives_the_reference_at_its_bounds(q_l1, k_shift, v_shift, rows, Q):
+    """Version 2's attention kernel (int8 rings with a shift per head and row; int32 sums where the
+    bounds checked per query allow, else int64) against the torch path's float64 attention over the
+    same keys and values x' << s, at the edges of both int32 bounds."""
+    from bitlm.compress import attention_kernel as K
+    rng = np.random.default_rng(rows * 10 + Q + q_l1 % 7)
+    H, hd = 3, 32
+    C = H * hd
+    if k_shift is None:
+        rk, rv = (rng.integers(-127, 128, (H, hd, rows)).astype(np.int8) for _ in range(2))
+        rks, rvs = (rng.integers(0, 21, (H, rows)).astype(np.int8) for _ in range(2))
+    else:
+        rk, rv = np.full((H, hd, rows), 127, np.int8), np.full((H, hd, rows), -127, np.int8)
+        rks, rvs = np.full((H, rows), k_shift, np.int8), np.full((H, rows), v_shift, np.int8)
+    q = np.zeros((Q, C), np.int32)
+    for h in range(H):
+        part = np.full(hd, q_l1 // hd, np.int64)
+        part[: q_l1 % hd] += 1
+        q[:, h * hd:(h + 1) * hd] = part
+    kc = rng.integers(-127, 128, (Q, C)).astype(np.int64) << 5
+    vc = rng.integers(-127, 128, (Q, C)).astype(np.int64) << 9
+    br = np.zeros((Q, H, rows), np.int64)
+    bc = np.ascontiguousarray(np.where(np.arange(Q)[None, None, :] <= np.arange(Q)[:, None, None], 0,
+                                       K.HIDDEN_BIAS).repeat(H, 1))
+    table = exact.tables()["att_exp"].numpy()
+    out = np.full((Q, C), np.nan)
+    K._lane_attention8(q, kc, vc, rk, rv, rks, rvs, 0, br, bc, table, hd, out, np.empty(rows + Q, np.int64),
+                       np.empty(rows, np.int32), np.empty(rows + Q, np.int64), np.empty(rows, np.int32),
+                       np.empty(rows, np.int32))
+    keys = torch.from_numpy(rk.astype(np.int64) << rks[:, None, :].astype(np.int64)).double().transpose(1, 2)
+    vals = torch.from_numpy(rv.astype(np.int64) << rvs[:, None, :].astype(np.int64)).double().transpose(1, 2)
+    kf = torch.cat([keys, torch.from_numpy(kc).double().view(Q, H, hd).transpose(0, 1)], 1)   # (H, rows+Q, hd)
+    vf = torch.cat([vals, torch.from_numpy(vc).double().view(Q, H, hd).transpose(0, 1)], 1)
+    bias = torch.from_numpy(np.concatenate([br, bc], 2)).transpose(0, 1)                     # (H, Q, rows+Q)
+    bias = torch.where(bias == K.HIDDEN_BIAS, float(exact._HIDDEN), -bias.double())
+    pred = exact.ExactPredictor.__new__(exact.ExactPredictor)
+    pred.att_exp, pred.att_exp_f = exact.tables()["att_exp"], exact.tables()["att_exp"].double()
+    qf = torch.from_numpy(q.astype(np.int64)).view(Q, H, hd).transpose(0, 1)
+    ref = pred._attention(qf.unsqueeze(0), [(kf.unsqueeze(0), vf.unsqueeze(0), bias)])[0]
+    assert not np.isnan(out).any()
+    assert np.array_equal(out, ref.transpose(0, 1).reshape(Q, C).double().numpy())

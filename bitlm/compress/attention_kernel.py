@@ -462,3 +462,184 @@ def post_head(y, bias, scale, clamp, table, total, freq, Q, b0, b1):
 def pre_layer(x, k, eps, ln_out, Q, b0, b1):
     """Lanes [b0, b1): the first `layer_norm`."""
     layer_norm(x, k, eps, ln_out, b0 * Q, b1 * Q)
+
+
+# ------------------------------------------------------------------ version 2: keys and values in int8
+
+@nb.njit(**_JIT)
+def round_heads(x, hd, shifts, r0, r1):
+    """Version 2's rule for keys and values (`integers._round_heads`), in place on rows [r0, r1) of x
+    ((N, C) int64): per head, s the least s ≥ 0 with max|x| >> s < 2^7, x = clamp((x + 2^s / 2) >> s,
+    ±127) << s; shifts[n, h] = s ((N, H) int64)."""
+    H = x.shape[1] // hd
+    for n in range(r0, r1):
+        for h in range(H):
+            m = 0
+            for d in range(hd):
+                m = max(m, abs(x[n, h * hd + d]))
+            s = 0
+            while (m >> s) >= 128:
+                s += 1
+            half = (1 << s) >> 1
+            for d in range(hd):
+                x[n, h * hd + d] = min(max((x[n, h * hd + d] + half) >> s, -127), 127) << s
+            shifts[n, h] = s
+
+
+@nb.njit(**_JIT)
+def _lane_attention8(q, kc, vc, rk, rv, rks, rvs, b, br, bc, table, hd, out, sc, s32, w64, wh, wl):
+    """Version 2's attention of one lane b: Q queries over its ring, key j of head h being
+    rk[h, :, j] << rks[h, j] and its value rv[h, :, j] << rvs[h, j] (rk, rv: (H, hd, rows) int8; rks,
+    rvs: (H, rows) int8), and over the chunk's own keys/values (kc, vc: (N, C) int64, already rounded).
+    Scratch: sc (rows + Q,) int64, s32 (rows,) int32, w64 (rows + Q,) int64, wh, wl (rows,) int32.
+
+    The integers are those of int64 arithmetic on the keys and values x' · 2^s (the torch path's):
+    - q·k = (Σ_d q_d · k'_d) << s: the sum in int32 when L1 = Σ_d |q_d| satisfies L1 · 127 ≤ 2^31 - 1
+      (every partial sum is then at most that), else in int64; the shift in int64.
+    - Σ_j e_j · v_j = Σ_j (e_j << s_j) · v'_j with w_j = e_j << s_j = 2^16 · wh_j + wl_j (wl_j < 2^16):
+      2^16 · Σ wh·v' + Σ wl·v', both sums in int32 when Σ wh · 127 ≤ 2^31 - 1 and Σ wl · 127 ≤ 2^31 - 1
+      (w ≥ 0, so these bound every partial sum; Σ wl ≤ 65 535 · rows passes for rows ≤ 257, the shipped
+      model's 256; Σ wh passes unless the weights are large and the values' shifts above ~14), else one
+      int64 sum of int64 products.
+    Hidden keys get the bias HIDDEN_BIAS as in `_lane_attention`: their weight is the table's final 0."""
+    H, rows = rk.shape[0], rk.shape[2]
+    Q = br.shape[0]
+    last = table.shape[0] - 1
+    n0 = b * Q
+    for h in range(H):
+        c0 = h * hd
+        for t in range(Q):
+            n = n0 + t
+            l1 = 0
+            for d in range(hd):
+                l1 += abs(np.int64(q[n, c0 + d]))
+            top = -(1 << 62)
+            if l1 * 127 <= I32_MAX:                             # q·k' in int32 (bound above)
+                for j in range(rows):
+                    s32[j] = 0
+                d = 0
+                while d + 4 <= hd:                              # keys read once
+                    q0, q1 = np.int32(q[n, c0 + d]), np.int32(q[n, c0 + d + 1])
+                    q2, q3 = np.int32(q[n, c0 + d + 2]), np.int32(q[n, c0 + d + 3])
+                    for j in range(rows):
+                        s32[j] = np.int32(s32[j] + q0 * np.int32(rk[h, d, j]) + q1 * np.int32(rk[h, d + 1, j])
+                                          + q2 * np.int32(rk[h, d + 2, j]) + q3 * np.int32(rk[h, d + 3, j]))
+                    d += 4
+                while d < hd:
+                    qd = np.int32(q[n, c0 + d])
+                    for j in range(rows):
+                        s32[j] = np.int32(s32[j] + qd * np.int32(rk[h, d, j]))
+                    d += 1
+                for j in range(rows):
+                    s = (((np.int64(s32[j]) << np.int64(rks[h, j])) + 8192) >> 14) - br[t, h, j]
+                    sc[j] = s
+                    top = max(top, s)
+            else:                                               # q·k' in int64
+                for j in range(rows):
+                    sc[j] = 0
+                for d in range(hd):
+                    qd = np.int64(q[n, c0 + d])
+                    for j in range(rows):
+                        sc[j] += qd * np.int64(rk[h, d, j])
+                for j in range(rows):
+                    s = (((sc[j] << np.int64(rks[h, j])) + 8192) >> 14) - br[t, h, j]
+                    sc[j] = s
+                    top = max(top, s)
+            for u in range(Q):                                  # and the chunk's own slots
+                if bc[t, h, u] != HIDDEN_BIAS:
+                    acc = 0
+                    for d in range(hd):
+                        acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
+                    s = ((acc + 8192) >> 14) - bc[t, h, u]
+                    top = max(top, s)
+                else:
+                    s = -(1 << 62)
+                sc[rows + u] = s
+            den, sum_h, sum_l = 0, 0, 0
+            for j in range(rows):
+                e = table[min(top - sc[j], last)]
+                den += e
+                w = np.int64(e) << np.int64(rvs[h, j])
+                w64[j] = w
+                wh[j] = np.int32(w >> 16)
+                wl[j] = np.int32(w & 65535)
+                sum_h += w >> 16
+                sum_l += w & 65535
+            for u in range(Q):
+                e = table[min(top - sc[rows + u], last)]
+                w64[rows + u] = e
+                den += e
+            dn = float(den)
+            if sum_h * 127 <= I32_MAX and sum_l * 127 <= I32_MAX:     # Σ w·v' as two int32 sums (bound above)
+                d = 0
+                while d + 2 <= hd:                              # values read once
+                    h0, l0, h1, l1 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+                    for j in range(rows):
+                        v0, v1 = np.int32(rv[h, d, j]), np.int32(rv[h, d + 1, j])
+                        h0 = np.int32(h0 + wh[j] * v0)
+                        l0 = np.int32(l0 + wl[j] * v0)
+                        h1 = np.int32(h1 + wh[j] * v1)
+                        l1 = np.int32(l1 + wl[j] * v1)
+                    acc0 = (np.int64(h0) << 16) + np.int64(l0)
+                    acc1 = (np.int64(h1) << 16) + np.int64(l1)
+                    for u in range(Q):
+                        acc0 += w64[rows + u] * vc[n0 + u, c0 + d]
+                        acc1 += w64[rows + u] * vc[n0 + u, c0 + d + 1]
+                    out[n, c0 + d] = np.rint(float(acc0) / dn)
+                    out[n, c0 + d + 1] = np.rint(float(acc1) / dn)
+                    d += 2
+                while d < hd:
+                    h0, l0 = np.int32(0), np.int32(0)
+                    for j in range(rows):
+                        v0 = np.int32(rv[h, d, j])
+                        h0 = np.int32(h0 + wh[j] * v0)
+                        l0 = np.int32(l0 + wl[j] * v0)
+                    acc = (np.int64(h0) << 16) + np.int64(l0)
+                    for u in range(Q):
+                        acc += w64[rows + u] * vc[n0 + u, c0 + d]
+                    out[n, c0 + d] = np.rint(float(acc) / dn)
+                    d += 1
+            else:                                               # Σ w·v' in int64
+                for d in range(hd):
+                    acc = 0
+                    for j in range(rows):
+                        acc += w64[j] * np.int64(rv[h, d, j])
+                    for u in range(Q):
+                        acc += w64[rows + u] * vc[n0 + u, c0 + d]
+                    out[n, c0 + d] = np.rint(float(acc) / dn)
+
+
+@nb.njit(**_JIT)
+def store8(kc, vc, ks, vs, ring_k, ring_v, shift_k, shift_v, rows, src, hd, b0, b1):
+    """Version 2: write the chunk's slots src into ring rows `rows` of lanes [b0, b1): k' = k >> s
+    (exact: `round_heads` left every key a multiple of 2^s) as int8 and s, the same for values."""
+    H = ring_k.shape[1]
+    Q = kc.shape[0] // ring_k.shape[0]
+    for b in range(b0, b1):
+        for i in range(src.shape[0]):
+            n = b * Q + src[i]
+            for h in range(H):
+                sk, sv = ks[n, h], vs[n, h]
+                shift_k[b, h, rows[i]] = sk
+                shift_v[b, h, rows[i]] = sv
+                for d in range(hd):
+                    ring_k[b, h, d, rows[i]] = kc[n, h * hd + d] >> sk
+                    ring_v[b, h, d, rows[i]] = vc[n, h * hd + d] >> sv
+
+
+@nb.njit(**_JIT)
+def post_qkv8(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, ks, vs, ring_k, ring_v, shift_k, shift_v, br, bc,
+              table, hd, out, rows, src, b0, b1):
+    """Version 2's `post_qkv`, lanes [b0, b1), lane by lane: `split_qkv`, `round_heads` of keys and
+    values, `_lane_attention8` (into out), `store8`."""
+    Q = br.shape[0]
+    R = ring_k.shape[3]
+    sc, s32 = np.empty(R + Q, np.int64), np.empty(R, np.int32)
+    w64, wh, wl = np.empty(R + Q, np.int64), np.empty(R, np.int32), np.empty(R, np.int32)
+    for b in range(b0, b1):
+        split_qkv(y, bias, scale, clamp, qk_clamp, v_clamp, q, k, v, b * Q, (b + 1) * Q)
+        round_heads(k, hd, ks, b * Q, (b + 1) * Q)
+        round_heads(v, hd, vs, b * Q, (b + 1) * Q)
+        _lane_attention8(q, k, v, ring_k[b], ring_v[b], shift_k[b], shift_v[b], b, br, bc, table, hd, out,
+                         sc, s32, w64, wh, wl)
+        store8(k, v, ks, vs, ring_k, ring_v, shift_k, shift_v, rows, src, hd, b, b + 1)

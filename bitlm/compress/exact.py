@@ -42,6 +42,24 @@ The layer norm repeats the integer mean and variance, the int -> float conversio
 division (each a single correctly rounded op, in the same order) and rint. A step's lanes are split among
 threads (torch's thread count unless `threads` is given), each lane computed alone, so the split never
 matters; tests/test_golden.py pins the streams of the shipped model and a tiny model's frequencies.
+
+Two versions of the arithmetic (`EXACT_VERSION` = 2 writes; `VERSIONS` all decode, the container picks
+the one whose model fingerprint the file's header names). Version 1 is the above with float64 weights of
+up to 20 bits (`_Linear`) and int16 rings. Version 2 (issue 20) makes the two memory-bound parts cheap:
+- linears (`_Linear8`): each weight row int8 at its own power of two; each input row held in 14 bits
+  (`_row_split`: x' = round(x / 2^s), s the least that fits) as two int8 pieces hi · 2^7 + lo; the
+  pieces' products with the weights are int32 sums of int8 products, |Σ| < 128 · 127 · K < 2^31, exact
+  in any order: `torch._int_mm` (VNNI / AMX) where `_int8_engine`'s check finds it exact on inputs that
+  would saturate a non-VNNI kernel, else a float64 matmul of the same integers; joined in float64
+  ((acc_hi · 2^7 + acc_lo) · 2^s + b < 2^52, the bound checked at derivation) and rounded by a power of
+  two per output column.
+- keys and values (`_round_heads`): per slot and head held to 8 significant bits, x' · 2^s with |x'| ≤ 127,
+  so the rings hold int8 x' and an int8 s (`attention_kernel._lane_attention8`: q·k' in int32 then
+  << s; Σ (e << s) · v' as two int32 sums; int64 where a bound checked per query does not hold). The
+  rounding moves a value by at most 1/128 of its head's peak, so the attention sums' bounds above grow
+  by that factor and stay below 2^52.
+The torch path computes the same integers in float64 (every value below 2^53). On the first 20 000
+held-out Shakespeare bytes the cross-entropy is 1.6914 bits/byte against version 1's 1.6912 (+0.01 %).
 """
 from __future__ import annotations
 
@@ -58,7 +76,7 @@ from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path
     RES_BITS, NORM_BITS, ACT_BITS, LOGIT_BITS, ATT_EXP_BITS, HEAD_EXP_BITS, MAX_WEIGHT_BITS, SLOPE_BITS,
     GELU_RANGE, FREQ_TOTAL, RES_CLAMP, EXACT_VERSION, VERSIONS, _SAFE, _HIDDEN, TABLES_SHA256, UnsupportedModelError,
     ExactnessError, _exp_neg_table, _gelu_table, tables, tables_digest, _rshift, _fshift, _quantise,
-    _round_pow2, _Linear, _Linear8, _linear, _row_split, W8_MAX, ROW_BITS, PIECE_BITS)
+    _round_pow2, _Linear, _Linear8, _linear, _row_split, _round_heads, W8_MAX, ROW_BITS, PIECE_BITS, KV_BITS)
 from bitlm.model.transformer import BitTransformerLM
 
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
@@ -80,49 +98,62 @@ class LaneState:
     (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
     slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index.
 
-    Memory. With the numba kernel (the CPU default) keys and values are int16, (lanes, H, hd, window)
-    per layer: 2 · layers · window · n_embd · 2 bytes per lane (`bytes_per_lane`: 1.57 MB for the shipped
-    6 × 256 model with its 256-slot window, a quarter of the torch path's float64 rings, 6.3 MB), so 64
-    lanes hold 100.7 MB. A lane whose key or value ever leaves int16 (never seen on real input; see the
-    module docstring) gets an int32 copy of that layer's ring (int64 when a clamp exceeds int32), allocated
-    for all lanes of that layer the first time: at most 3× the int16 figure. Besides: `ring_pos` (window ·
-    8 bytes) and one byte per lane and layer (`wide`) — `nbytes()` is all of it now — and the buffers of
-    a chunk of Q slots (`scratch_bytes`): lanes · Q · (8 · (9 · n_embd + 2 · fc width + 256) + 4 · n_embd)
-    bytes, 37 888 a lane for a decode step of the shipped model (2.4 MB for 64 lanes; the encoder's
-    16-slot chunks: 38.8 MB). The whole 64-lane decoder of the shipped model: 100.7 MB of rings, 2.4 MB of
-    buffers, the predictor's float64 weights (38.3 MB) and the float model it was derived from (19.5 MB).
+    Memory (`bytes_per_lane`, `nbytes()`, `scratch_bytes()`; checked by tests/test_exact.py). Version 2
+    with the numba kernel (the CPU default): keys and values int8, (lanes, H, hd, window) per layer, and
+    an int8 shift per head and row: 2 · layers · window · (n_embd + n_head) bytes a lane, 0.81 MB for the
+    shipped 6 × 256 model with 8 heads and its 256-slot window, so 64 lanes hold 51.9 MB; besides
+    `ring_pos` (window · 8 bytes) and the buffers of a chunk of Q slots: lanes · Q · 56 968 bytes for the
+    shipped model (3.6 MB for a 64-lane decode step). Version 1: int16 rings, 1.57 MB a lane (100.7 MB
+    for 64 lanes); a lane whose key or value leaves int16 (never seen on real input) gets an int32 copy
+    of that layer's ring (int64 when a clamp exceeds int32), allocated for all lanes of that layer the
+    first time, at most 3× that, plus one byte per lane and layer (`wide`). The torch path: float64
+    rings, 6.3 MB a lane. The whole 64-lane decoder of the shipped model (version 2): 51.9 MB of rings,
+    3.6 MB of buffers, the predictor's int8 weights and int64 biases (`ExactPredictor.weight_bytes`:
+    4.9 MB; version 1's float64: 38.4 MB) and the float model it was derived from (20.0 MB).
     """
 
     def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
         self.lanes, self.pos = lanes, 0
         H, hd, rows, L = pred.n_head, pred.head_dim, pred.ring + 1, len(pred.blocks)
         dev = pred.device
-        self.kernel = pred.kernel
+        self.kernel, self.version = pred.kernel, pred.version
         if self.kernel == "torch":
             self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
             self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
             self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
+            return
+        self.ring_pos = np.full(rows, -1, dtype=np.int64)
+        self._scratch: dict[int, dict[str, np.ndarray]] = {}
+        if self.version >= 2:               # int8 keys/values, a shift per (head, row): x' << s
+            self.ring_k = [np.zeros((lanes, H, hd, rows), dtype=np.int8) for _ in range(L)]
+            self.ring_v = [np.zeros((lanes, H, hd, rows), dtype=np.int8) for _ in range(L)]
+            self.shift_k = [np.zeros((lanes, H, rows), dtype=np.int8) for _ in range(L)]
+            self.shift_v = [np.zeros((lanes, H, rows), dtype=np.int8) for _ in range(L)]
             return
         self.ring_k = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # rows last: the
         self.ring_v = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # kernel's sums run on it
         self.wide_k: list[np.ndarray | None] = [None] * L      # allocated when a lane of the layer outgrows int16
         self.wide_v: list[np.ndarray | None] = [None] * L
         self.wide = np.zeros((L, lanes), dtype=np.int8)          # 1: the lane's ring of that layer is wide_k/v
-        self.ring_pos = np.full(rows, -1, dtype=np.int64)
         self._wide_dtype = pred.wide_dtype
-        self._scratch: dict[int, dict[str, np.ndarray]] = {}
         self._none = np.zeros((1, 1, 1, 1), dtype=pred.wide_dtype)
 
     @staticmethod
     def bytes_per_lane(pred: "ExactPredictor") -> int:
         """Bytes of keys and values a lane holds (int16 rings; 4x that with the torch path's float64)."""
         per = 2 * len(pred.blocks) * (pred.ring + 1) * pred.n_head * pred.head_dim
-        return per * (8 if pred.kernel == "torch" else 2)
+        if pred.kernel == "torch":
+            return per * 8
+        if pred.version >= 2:                                  # int8, and an int8 shift per head and row
+            return per + 2 * len(pred.blocks) * (pred.ring + 1) * pred.n_head
+        return per * 2
 
     def nbytes(self) -> int:
         """Bytes the rings, their wide copies, ring_pos and the flags hold now (scratch buffers aside)."""
         if self.kernel == "torch":
             return sum(t.numel() * t.element_size() for t in [*self.ring_k, *self.ring_v, self.ring_pos])
+        if self.version >= 2:
+            return sum(a.nbytes for a in [*self.ring_k, *self.ring_v, *self.shift_k, *self.shift_v, self.ring_pos])
         arrays = [*self.ring_k, *self.ring_v, *(a for a in self.wide_k + self.wide_v if a is not None),
                   self.ring_pos, self.wide]
         return sum(a.nbytes for a in arrays)
@@ -145,9 +176,13 @@ class LaneState:
 
     def _ring_double(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer i's keys and values as float64 tensors (lanes, H, rows, hd) (for checks and tests)."""
-        k, v = self.ring_k[i].astype(np.float64), self.ring_v[i].astype(np.float64)
-        for b in np.flatnonzero(self.wide[i] == 1):
-            k[b], v[b] = self.wide_k[i][b], self.wide_v[i][b]
+        if self.version >= 2:
+            k = np.left_shift(self.ring_k[i].astype(np.int64), self.shift_k[i][:, :, None, :]).astype(np.float64)
+            v = np.left_shift(self.ring_v[i].astype(np.int64), self.shift_v[i][:, :, None, :]).astype(np.float64)
+        else:
+            k, v = self.ring_k[i].astype(np.float64), self.ring_v[i].astype(np.float64)
+            for b in np.flatnonzero(self.wide[i] == 1):
+                k[b], v[b] = self.wide_k[i][b], self.wide_v[i][b]
         return (torch.from_numpy(k).transpose(-1, -2).contiguous(),
                 torch.from_numpy(v).transpose(-1, -2).contiguous())
 
@@ -347,7 +382,10 @@ class ExactPredictor:
         for i, blk in enumerate(self.blocks):
             qkv = blk.qkv(self._layer_norm(x, blk.ln1)).view(B, n_slots, 3, H, hd).permute(2, 0, 3, 1, 4)
             q, k = qkv[0].clamp(-self.qk_clamp, self.qk_clamp), qkv[1].clamp(-self.qk_clamp, self.qk_clamp)
-            kf, vf = k.double(), qkv[2].clamp(-self.v_clamp, self.v_clamp).double()
+            v = qkv[2].clamp(-self.v_clamp, self.v_clamp)
+            if self.version >= 2:                    # 8 significant bits per head: the ring's int8 and shift
+                k, v = _round_heads(k), _round_heads(v)
+            kf, vf = k.double(), v.double()
             if one:
                 state.ring_k[i][:, :, rows], state.ring_v[i][:, :, rows] = kf, vf
                 y = self._attention(q, [(state.ring_k[i], state.ring_v[i], bias_ring)])
@@ -385,6 +423,7 @@ class ExactPredictor:
                   "logit": np.empty((N, 256), f)}
             sc["t"] = {k: torch.from_numpy(v) for k, v in sc.items() if v.dtype == f}
             if self.version >= 2:       # int8 pieces of a matmul's input per width, its products per width
+                sc["ks"], sc["vs"] = np.empty((N, self.n_head), i), np.empty((N, self.n_head), i)
                 acc_dtype = np.int32 if _int8_engine() == "int_mm" else np.float64
                 widths = {C, F}
                 sc["pieces"] = {w: np.empty((2 * N, w), np.int8) for w in widths}
@@ -446,15 +485,12 @@ class ExactPredictor:
         K.pre_layer(x, first.ln1[0], first.ln1[1], ln, Q, l0, l1)
         for i, blk in enumerate(self.blocks):
             self._matmul(sc, "ln", blk.qkv, "y3", r0, r1)
-            wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
-            wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
-            if K.post_qkv(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
-                          sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
-                          br, bc, t["att_exp"], hd, sc["att"], rows, src, l0, l1):
-                with _WIDEN_LOCK:                                            # a lane outgrew int16: widen it
-                    state._widen(i)
-                K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
-                        state.wide[i], rows, src, hd, l0, l1)
+            if self.version >= 2:
+                K.post_qkv8(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
+                            sc["q"], sc["k"], sc["v"], sc["ks"], sc["vs"], state.ring_k[i], state.ring_v[i],
+                            state.shift_k[i], state.shift_v[i], br, bc, t["att_exp"], hd, sc["att"], rows, src, l0, l1)
+            else:
+                self._post_qkv_v1(K, state, sc, i, blk, br, bc, rows, src, l0, l1)
             self._matmul(sc, "att", blk.proj, "yc", r0, r1)
             K.post_residual(x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
                             blk.ln2[0], blk.ln2[1], ln, Q, l0, l1)
@@ -468,6 +504,19 @@ class ExactPredictor:
         self._matmul(sc, "ln", self.head, "logit", r0, r1)
         K.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
                     FREQ_TOTAL, freq, Q, l0, l1)
+
+    def _post_qkv_v1(self, K, state: LaneState, sc: dict, i: int, blk: _Block, br, bc, rows, src, l0: int, l1: int) -> None:
+        """Version 1's attention of layer i for lanes [l0, l1): int16 rings, a lane widened when a key or
+        value outgrows int16 (`LaneState._widen`)."""
+        wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
+        wide_v = state.wide_v[i] if state.wide_v[i] is not None else state._none
+        if K.post_qkv(sc["y3"], blk.qkv.np_b, blk.qkv.scale, float(blk.qkv.clamp), self.qk_clamp, self.v_clamp,
+                      sc["q"], sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], wide_k, wide_v, state.wide[i],
+                      br, bc, self._np["att_exp"], self.head_dim, sc["att"], rows, src, l0, l1):
+            with _WIDEN_LOCK:                                            # a lane outgrew int16: widen it
+                state._widen(i)
+            K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
+                    state.wide[i], rows, src, self.head_dim, l0, l1)
 
     def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
         """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see

@@ -31,6 +31,7 @@ VERSIONS = (1, 2)             # versions this code computes: 1 (float64 weights 
 W8_MAX = 127                  # v2: weights are int8 in [-W8_MAX, W8_MAX], each output row at its own power of two
 ROW_BITS = 14                 # v2: a linear's input row is held as x' = round(x / 2^s) with |x'| < 2^14 (least s ≥ 0)
 PIECE_BITS = 7                # v2: x' = hi · 2^7 + lo, hi in [-128, 127], lo in [0, 127]: two int8 matrices
+KV_BITS = 7                   # v2: each head's key and value of a slot are held as x' · 2^s, |x'| ≤ 2^7 - 1 (int8)
 _SAFE = 1 << 52               # bound on every partial sum of a float64 matmul
 _HIDDEN = -(1 << 60)          # score term of a key a query cannot see (its weight is the exp table's 0)
 
@@ -194,6 +195,19 @@ def _row_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     xs = ((x + half) >> s).clamp_(-(1 << ROW_BITS) + 1, (1 << ROW_BITS) - 1)
     hi = xs >> PIECE_BITS
     return hi, xs - (hi << PIECE_BITS), s
+
+
+def _round_heads(x: torch.Tensor) -> torch.Tensor:
+    """Version 2's rule for the keys and values of a slot: (…, hd) int64, one head per last axis ->
+    x' · 2^s with s the least s ≥ 0 with max|x| >> s < 2^KV_BITS and x' = `_rshift`(x, s) clamped to
+    ±(2^KV_BITS - 1): 8 significant bits, so the ring holds int8 x' and the shift s. |x' · 2^s| ≤
+    max|x| · (1 + 2^-KV_BITS), which keeps every attention sum of `bitlm.compress.exact` below 2^52."""
+    m = x.abs().amax(-1, keepdim=True)
+    s = torch.zeros_like(m)
+    while bool(((m >> s) >= (1 << KV_BITS)).any()):
+        s += ((m >> s) >= (1 << KV_BITS)).long()
+    half = torch.bitwise_left_shift(torch.ones_like(s), s) >> 1
+    return ((x + half) >> s).clamp_(-(1 << KV_BITS) + 1, (1 << KV_BITS) - 1) << s
 
 
 def _shift_rows(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
