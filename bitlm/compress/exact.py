@@ -80,6 +80,8 @@ from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path
 from bitlm.model.transformer import BitTransformerLM
 
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
+LANES_PER_THREAD = 8          # a numba step uses at most one thread per this many lanes (docs/compressor.md: 2 threads
+                              # lose at 7 lanes, break even at 16, win from 31)
 
 # ------------------------------------------------------------------------------------ the predictor
 
@@ -343,17 +345,21 @@ class ExactPredictor:
             num = num + torch.matmul(e, vv)
         return torch.round(num / den).to(torch.int64)
 
-    def frequencies(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
+    def frequencies(self, state: LaneState, prev: torch.Tensor | None, n_slots: int,
+                    threads: int | None = None) -> torch.Tensor:
         """Advance the lanes by n_slots slots and return (B, n_slots, 256) int64 frequencies of the byte
         each slot predicts (each row sums to FREQ_TOTAL; the coder gives byte b the weight freq + 1 of 2^24).
 
         prev: (B, m) int64 byte values that feed the slots: slot s reads byte s - 1, slot 0 reads BOS,
         so m = n_slots - 1 when the chunk starts at slot 0, else n_slots. The state must come from a
-        predictor with the same kernel (`LaneState(pred, lanes)`)."""
+        predictor with the same kernel (`LaneState(pred, lanes)`). threads: how many threads the numba
+        kernel may split the lanes among (None: the predictor's `threads`, else torch's thread count); it
+        uses one per LANES_PER_THREAD lanes at most, since a thread costs more than it gives below that.
+        Never changes a result."""
         if state.kernel != self.kernel:
             raise ValueError(f"a LaneState of the {state.kernel} kernel given to a predictor of the {self.kernel} one")
         if self.kernel == "numba":
-            return self._frequencies_numba(state, prev, n_slots)
+            return self._frequencies_numba(state, prev, n_slots, threads)
         return self._frequencies_torch(state, prev, n_slots)
 
     def _frequencies_torch(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
@@ -449,8 +455,7 @@ class ExactPredictor:
         K.join_rows(acc, sc["row_scale"], y, r0, r1)
 
     def _run(self, fn, args: tuple, B: int, T: int) -> None:
-        """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, the first on this thread,
-        the others on pool threads. The ranges follow each thread's measured speed (lanes per second,
+        """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, each on a pool thread. The ranges follow each thread's measured speed (lanes per second,
         smoothed over steps), so a thread the machine keeps busy elsewhere gets fewer lanes instead of
         holding the step up. Lanes are independent: any split gives the same bits."""
         rates = self._rates.get(T)
@@ -467,9 +472,8 @@ class ExactPredictor:
             t0 = time.perf_counter()
             fn(*args, cuts[i], cuts[i + 1])
             took[i] = time.perf_counter() - t0
-        futs = [_pool(T - 1).submit(block, i) for i in range(1, T)]
-        block(0)
-        for f in futs:
+        pool = _pool(T)             # every block on a pool thread: the caller's torch thread count is left
+        for f in [pool.submit(block, i) for i in range(T)]:      # alone (setting it costs ~1 ms each time)
             f.result()
         for i in range(T):                  # lanes per second, smoothed
             rates[i] = 0.7 * rates[i] + 0.3 * sizes[i] / max(took[i], 1e-6) if rates[i] != 1.0 else \
@@ -518,7 +522,8 @@ class ExactPredictor:
             K.store(sc["k"], sc["v"], state.ring_k[i], state.ring_v[i], state.wide_k[i], state.wide_v[i],
                     state.wide[i], rows, src, self.head_dim, l0, l1)
 
-    def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int) -> torch.Tensor:
+    def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int,
+                           threads: int | None = None) -> torch.Tensor:
         """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see
         `bitlm.compress.attention_kernel`), keys and values in int16 rings."""
         K = _kernels()
@@ -545,16 +550,11 @@ class ExactPredictor:
         br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, K.HIDDEN_BIAS)
         freq = np.empty((B * Q, 256), dtype=np.int64)
         ctx = (K, state, sc, Q, rows, src, br, bc, freq)
-        T = min(self.threads or torch.get_num_threads(), B)
+        T = max(1, min(threads or self.threads or torch.get_num_threads(), B // LANES_PER_THREAD))
         if T <= 1:
             self._lanes(ctx, 0, B)
-        else:                       # lanes split among T threads, each running torch on one thread
-            saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                self._run(self._lanes, (ctx,), B, T)
-            finally:
-                torch.set_num_threads(saved)
+        else:                       # lanes split among T pool threads, each running torch on one thread
+            self._run(self._lanes, (ctx,), B, T)
         state.ring_pos[rows] = keep
         state.pos += Q
         return torch.from_numpy(freq.reshape(B, Q, 256))
