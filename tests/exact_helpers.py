@@ -109,7 +109,7 @@ def _worker(argv: list[str]) -> None:
                 path.write_bytes(nc.compress_file(data, model, methods=(method,), chunk=args.chunk).blob)
             elif nc.decompress_file(path.read_bytes(), model) != data:
                 sys.exit(f"{name}: decoded bytes differ ({method})")
-    print(f"{args.action} ok with {torch.get_num_threads()} thread(s)")
+    print(f"{args.action} ok with {torch.get_num_threads()} thread(s), int8 engine {exact._int8_engine()}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ header, streams that decode in another process with another thread count and chu
 CodecError with a reason (never garbage) for wrong-model, truncated, corrupted and foreign input."""
 import bz2
 import lzma
+import os
 import subprocess
 import sys
 import zlib
@@ -87,6 +88,27 @@ def test_other_layouts_and_thread_counts_decode(saved, tmp_path):
             assert (a / f"{i}-{method}.blm").read_bytes() == (b / f"{i}-{method}.blm").read_bytes(), (list(INPUTS)[i], method)
     worker("decode", str(saved), str(a), "--threads", "1")
     worker("decode", str(saved), str(b), "--threads", "2")
+
+
+def test_a_cpu_without_vnni_writes_and_reads_the_same_streams(saved, tmp_path):
+    """oneDNN held to AVX2 in another process (as on a CPU without VNNI, where torch._int_mm sums pairs of
+    int8 products in saturating int16 and is not exact): the int8 engine's check refuses _int_mm, and the
+    float fallback writes the very streams this process's engine writes, and decodes them."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+
+    def worker(*args: str, **env: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "tests.exact_helpers", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, **env})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    assert "int8 engine float64" in worker("encode", str(saved), str(a), "--threads", "2", "--methods", "neural",
+                                           ONEDNN_MAX_CPU_ISA="AVX2")
+    worker("encode", str(saved), str(b), "--threads", "1", "--methods", "neural")
+    for i in range(len(INPUTS)):
+        assert (a / f"{i}-neural.blm").read_bytes() == (b / f"{i}-neural.blm").read_bytes(), list(INPUTS)[i]
+    worker("decode", str(saved), str(b), "--threads", "1", "--methods", "neural", ONEDNN_MAX_CPU_ISA="AVX2")
 
 
 def test_a_file_of_an_earlier_shipped_model_says_where_that_model_is(fitted, monkeypatch):

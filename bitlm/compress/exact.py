@@ -575,12 +575,15 @@ def _pool(workers: int):
 
 
 _ENGINE: list = []
+F32_EXACT_K = 1032            # 128 · 127 · K < 2^24 up to this K: the int8 products' sums are exact in float32
 
 
 def _int8_engine() -> str:
     """How this process multiplies version 2's int8 matrices: "int_mm" (torch._int_mm, int32 sums) when
-    it gives the exact products here, else "float64" (a float64 matmul of the same integers: every
-    partial sum is an integer below 2^31, so it is exact too, at float64's speed). Integer sums are exact in any order; the
+    it gives the exact products here, else "float64" (a float32 or float64 matmul of the same integers,
+    exact too: see `_int8_matmul`; measured on this machine with oneDNN held to AVX2 or AVX-512 without
+    VNNI, `ONEDNN_MAX_CPU_ISA=AVX2`: _int_mm saturates there, the check says so, and the fallback's
+    streams are the same). Integer sums are exact in any order; the
     one known way an int8 GEMM is not exact is a CPU without VNNI whose kernel sums pairs of u8·s8
     products in saturating int16 (vpmaddubsw): the check multiplies matrices that saturate it, of
     every lane count a step may have, and falls back on any difference or error."""
@@ -606,10 +609,13 @@ def _int8_engine() -> str:
 
 
 def _int8_matmul(a: torch.Tensor, w8t: torch.Tensor, out: torch.Tensor) -> None:
-    """out = a @ w8t, exact: a (M, K) int8, w8t (K, N) int8 (a transposed view), out (M, N) int32 or
-    float64 as `_int8_engine` chose (the scratch buffers are made to match)."""
+    """out = a @ w8t, exact: a (M, K) int8, w8t (K, N) int8, out (M, N) int32 or float64 as
+    `_int8_engine` chose (the scratch buffers are made to match); the float64 fallback multiplies in
+    float32 where K ≤ F32_EXACT_K (twice as fast, and exact: every partial sum is an integer below 2^24)."""
     if out.dtype == torch.int32:
         torch._int_mm(a, w8t, out=out)
+    elif a.size(1) <= F32_EXACT_K:            # every partial sum below 128 · 127 · 1032 < 2^24: exact in float32
+        out.copy_(torch.matmul(a.float(), w8t.float()))
     else:
         torch.matmul(a.double(), w8t.double(), out=out)
 

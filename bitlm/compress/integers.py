@@ -232,6 +232,7 @@ class _Linear8:
     in_bound: int            # |x| ≤ in_bound (the caller clamps); in_bound · max row L1 + max |b| < 2^52
     _bf: torch.Tensor | None = None
     _scale: torch.Tensor | None = None
+    _w8t: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hi, lo, s = _row_split(x)
@@ -249,8 +250,11 @@ class _Linear8:
 
     @property
     def w8t(self) -> torch.Tensor:
-        """(in, out) int8: the transposed view `torch._int_mm` multiplies by."""
-        return self.w8.t()
+        """(in, out) int8, contiguous: what `torch._int_mm` multiplies by (made once; a transposed view
+        multiplies 2x slower when the caches are cold, as after a step's attention)."""
+        if self._w8t is None or self._w8t.device != self.w8.device:
+            self._w8t = self.w8.t().contiguous()
+        return self._w8t
 
     @property
     def scale_t(self) -> torch.Tensor:
