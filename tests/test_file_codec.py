@@ -185,7 +185,7 @@ def test_mcp_lists_the_file_tools_and_compresses_text(tmp_path_factory):
 
 
 def test_decoding_a_model_coded_file_reports_progress_often(tiny_model, tmp_path, out):
-    """An 8 KiB model-coded file decodes in seconds: its progress bar moves at least 16 times, not once or
+    """A 12 KiB model-coded file (the cap) decodes in seconds: its progress bar moves at least 16 times, not once or
     twice (issue 22: it sat behind a bare spinner)."""
     data = (DATA * 40)[:codec_tab.NEURAL_FILE_MAX_BYTES]
     blob = container.compress_file(data, tiny_model.model, methods=("neural+cm",)).blob

@@ -189,7 +189,7 @@ class Endpoints:
                       request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> tuple:
         """Compress a file losslessly into a .blm file, with whichever of cm (online context mixing), the model
         mixed in with it (neural+cm) or alone (neural: a range coder driven by its exact integer predictor; both
-        model methods for files up to 8 KB), lzma, bz2, zlib or stored gives the smallest output.
+        model methods for files up to 12 KB), lzma, bz2, zlib or stored gives the smallest output.
 
         Args:
             upload: the file to compress (any bytes, up to 1 MB); empty to compress the text instead.
@@ -210,7 +210,7 @@ class Endpoints:
         bytes; the CRC-32 is checked. A file compressed by the model needs the same model.
 
         Args:
-            upload: the .blm file (its original at most 1 MB, or 8 KB when coded by the model).
+            upload: the .blm file (its original at most 1 MB, or 12 KB when coded by the model).
         Returns:
             the original file and a status message (why not, for a foreign, truncated, corrupted or too large file,
             or one compressed with another model).
