@@ -23,15 +23,15 @@ TINY_V2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=9 * 64, attn_window=32
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread for the module that imports this (coding steps are tiny; a shared 2-core
-    machine only spin-waits with more), the caller's setting restored afterwards; and a lane split
-    among threads from 2 lanes on (`exact.LANES_PER_THREAD` = 1), so the tests' few lanes are split."""
+    machine only spin-waits with more), the caller's setting restored afterwards; and lanes split
+    among threads from 2 on (`exact.SLOTS_PER_THREAD` = 1), so the tests' few lanes are split."""
     from bitlm.compress import exact
-    threads, per = torch.get_num_threads(), exact.LANES_PER_THREAD
+    threads, per = torch.get_num_threads(), exact.SLOTS_PER_THREAD
     torch.set_num_threads(1)
-    exact.LANES_PER_THREAD = 1
+    exact.SLOTS_PER_THREAD = 1
     yield
     torch.set_num_threads(threads)
-    exact.LANES_PER_THREAD = per
+    exact.SLOTS_PER_THREAD = per
 
 
 def teacher_forced(pred, arr: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -91,7 +91,7 @@ def _worker(argv: list[str]) -> None:
     neural, cm, neural+cm); decode MODEL DIR: decode each and check it against the input. --threads and
     --chunk set this process's layout."""
     from bitlm.compress import container as nc, exact
-    exact.LANES_PER_THREAD = 1             # split even these few lanes among --threads
+    exact.SLOTS_PER_THREAD = 1             # split even these few lanes among --threads
     p = argparse.ArgumentParser()
     p.add_argument("action", choices=["encode", "decode"])
     p.add_argument("model")

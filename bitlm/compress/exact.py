@@ -80,8 +80,8 @@ from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path
 from bitlm.model.transformer import BitTransformerLM
 
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
-LANES_PER_THREAD = 8          # a numba step uses at most one thread per this many lanes (docs/compressor.md: 2 threads
-                              # lose at 7 lanes, break even at 16, win from 31)
+SLOTS_PER_THREAD = 8          # a numba chunk uses at most one thread per this many lanes × slots (docs/compressor.md:
+                              # decoding on 2 threads loses at 7 lanes, breaks even at 16, wins from 31)
 
 # ------------------------------------------------------------------------------------ the predictor
 
@@ -354,7 +354,7 @@ class ExactPredictor:
         so m = n_slots - 1 when the chunk starts at slot 0, else n_slots. The state must come from a
         predictor with the same kernel (`LaneState(pred, lanes)`). threads: how many threads the numba
         kernel may split the lanes among (None: the predictor's `threads`, else torch's thread count); it
-        uses one per LANES_PER_THREAD lanes at most, since a thread costs more than it gives below that.
+        uses one per SLOTS_PER_THREAD lanes × slots at most, since a thread costs more than it gives below.
         Never changes a result."""
         if state.kernel != self.kernel:
             raise ValueError(f"a LaneState of the {state.kernel} kernel given to a predictor of the {self.kernel} one")
@@ -550,7 +550,7 @@ class ExactPredictor:
         br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, K.HIDDEN_BIAS)
         freq = np.empty((B * Q, 256), dtype=np.int64)
         ctx = (K, state, sc, Q, rows, src, br, bc, freq)
-        T = max(1, min(threads or self.threads or torch.get_num_threads(), B // LANES_PER_THREAD))
+        T = max(1, min(threads or self.threads or torch.get_num_threads(), B, B * Q // SLOTS_PER_THREAD))
         if T <= 1:
             self._lanes(ctx, 0, B)
         else:                       # lanes split among T pool threads, each running torch on one thread
