@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitlm.compress import exact
+from bitlm.compress import exact, integers
 from bitlm.bits.frames import bytes_to_bits
 from bitlm.model.config import BitLMConfig
 from bitlm.model.transformer import BitTransformerLM
@@ -142,7 +142,7 @@ def test_row_split_keeps_fourteen_bits_and_its_pieces_fit_int8():
     """Version 2's input rule at its edges: rows below 2^14 pass unchanged (s = 0); larger ones are
     shifted by the least s that brings their peak under 2^14, rounded half up, clamped to ±(2^14 - 1);
     hi in [-128, 127], lo in [0, 127], hi · 128 + lo = x'; the numba kernel gives the same."""
-    from bitlm.compress import attention_kernel as K
+    from bitlm.compress import step_kernel
     rows = torch.tensor([[16383, -16383, 5, 0], [16384, -1, 2, 3], [-16385, 16384, 7, 1],
                          [(1 << 40) + 12345, -(1 << 39), 1 << 20, -3], [0, 0, 0, 0], [32767, 32766, -32768, 1]])
     hi, lo, s = exact._row_split(rows)
@@ -152,7 +152,7 @@ def test_row_split_keeps_fourteen_bits_and_its_pieces_fit_int8():
     assert int(xs.abs().max()) <= 16383 and int(hi.min()) >= -128 and int(hi.max()) <= 127
     assert int(lo.min()) >= 0 and int(lo.max()) <= 127
     pieces, scale = np.zeros((2 * len(rows), 4), np.int8), np.zeros(len(rows))
-    K.split_rows(rows.double().numpy(), pieces, scale, 0, len(rows))
+    step_kernel.split_rows(rows.double().numpy(), pieces, scale, 0, len(rows))
     assert np.array_equal(pieces[0::2], hi.numpy()) and np.array_equal(pieces[1::2], lo.numpy())
     assert np.array_equal(scale, 2.0 ** s.view(-1).double().numpy())
 
@@ -170,7 +170,7 @@ def test_int8_engine_falls_back_when_int_mm_saturates(fitted, monkeypatch):
         prod = (a16.unsqueeze(-1) * b16.unsqueeze(0)).view(a.size(0), -1, 2, b.size(1)).sum(2)
         return (prod.clamp(-32768, 32767).sum(1) - 128 * b16.sum(0)).to(torch.int32)
     monkeypatch.setattr(torch, "_int_mm", saturating)
-    monkeypatch.setattr(exact, "_ENGINE", [])
+    monkeypatch.setattr(integers, "_ENGINE", [])
     assert exact._int8_engine() == "float64"
     assert torch.equal(teacher_forced(exact.ExactPredictor(fitted, kernel="numba"), arr, 1), ref)
     monkeypatch.setattr(torch, "_int_mm", real)

@@ -76,7 +76,9 @@ from bitlm.compress.integers import (  # noqa: F401 (re-exported: the exact path
     RES_BITS, NORM_BITS, ACT_BITS, LOGIT_BITS, ATT_EXP_BITS, HEAD_EXP_BITS, MAX_WEIGHT_BITS, SLOPE_BITS,
     GELU_RANGE, FREQ_TOTAL, RES_CLAMP, EXACT_VERSION, VERSIONS, _SAFE, _HIDDEN, TABLES_SHA256, UnsupportedModelError,
     ExactnessError, _exp_neg_table, _gelu_table, tables, tables_digest, _rshift, _fshift, _quantise,
-    _round_pow2, _Linear, _Linear8, _linear, _row_split, _round_heads, W8_MAX, ROW_BITS, PIECE_BITS, KV_BITS)
+    _round_pow2, _Linear, _Linear8, _linear, _row_split, _round_heads, W8_MAX, ROW_BITS, PIECE_BITS, KV_BITS,
+    _int8_engine, _int8_matmul)
+from bitlm.compress.lane_state import LaneState
 from bitlm.model.transformer import BitTransformerLM
 
 DEFAULT_KERNEL = "numba"      # CPU predictors use the numba kernels unless told kernel="torch" (same integers)
@@ -93,100 +95,6 @@ class _Block:
     ln2: tuple[int, int]
     fc: _Linear
     out: _Linear
-
-
-class LaneState:
-    """The context of B lanes stepped together: per layer the keys/values of the last window - 1 slots
-    (a ring: order never matters, every sum is exact) and, in the ring's last row, of BOS (the sink,
-    slot 0); `ring_pos` holds each row's slot (-1: empty) and `pos` the next slot's index.
-
-    Memory (`bytes_per_lane`, `nbytes()`, `scratch_bytes()`; checked by tests/test_exact.py). Version 2
-    with the numba kernel (the CPU default): keys and values int8, (lanes, H, hd, window) per layer, and
-    an int8 shift per head and row: 2 · layers · window · (n_embd + n_head) bytes a lane, 0.81 MB for the
-    shipped 6 × 256 model with 8 heads and its 256-slot window, so 64 lanes hold 51.9 MB; besides
-    `ring_pos` (window · 8 bytes) and the buffers of a chunk of Q slots: lanes · Q · 56 968 bytes for the
-    shipped model (3.6 MB for a 64-lane decode step). Version 1: int16 rings, 1.57 MB a lane (100.7 MB
-    for 64 lanes); a lane whose key or value leaves int16 (never seen on real input) gets an int32 copy
-    of that layer's ring (int64 when a clamp exceeds int32), allocated for all lanes of that layer the
-    first time, at most 3× that, plus one byte per lane and layer (`wide`). The torch path: float64
-    rings, 6.3 MB a lane. The whole 64-lane decoder of the shipped model (version 2): 51.9 MB of rings,
-    3.6 MB of buffers, the predictor's int8 weights and int64 biases (`ExactPredictor.weight_bytes`:
-    4.9 MB; version 1's float64: 38.4 MB) and the float model it was derived from (20.0 MB).
-    """
-
-    def __init__(self, pred: "ExactPredictor", lanes: int) -> None:
-        self.lanes, self.pos = lanes, 0
-        H, hd, rows, L = pred.n_head, pred.head_dim, pred.ring + 1, len(pred.blocks)
-        dev = pred.device
-        self.kernel, self.version = pred.kernel, pred.version
-        if self.kernel == "torch":
-            self.ring_k = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-            self.ring_v = [torch.zeros(lanes, H, rows, hd, dtype=torch.float64, device=dev) for _ in range(L)]
-            self.ring_pos = torch.full((rows,), -1, dtype=torch.int64, device=dev)
-            return
-        self.ring_pos = np.full(rows, -1, dtype=np.int64)
-        self._scratch: dict[int, dict[str, np.ndarray]] = {}
-        if self.version >= 2:               # int8 keys/values, a shift per (head, row): x' << s
-            self.ring_k = [np.zeros((lanes, H, hd, rows), dtype=np.int8) for _ in range(L)]
-            self.ring_v = [np.zeros((lanes, H, hd, rows), dtype=np.int8) for _ in range(L)]
-            self.shift_k = [np.zeros((lanes, H, rows), dtype=np.int8) for _ in range(L)]
-            self.shift_v = [np.zeros((lanes, H, rows), dtype=np.int8) for _ in range(L)]
-            return
-        self.ring_k = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # rows last: the
-        self.ring_v = [np.zeros((lanes, H, hd, rows), dtype=np.int16) for _ in range(L)]   # kernel's sums run on it
-        self.wide_k: list[np.ndarray | None] = [None] * L      # allocated when a lane of the layer outgrows int16
-        self.wide_v: list[np.ndarray | None] = [None] * L
-        self.wide = np.zeros((L, lanes), dtype=np.int8)          # 1: the lane's ring of that layer is wide_k/v
-        self._wide_dtype = pred.wide_dtype
-        self._none = np.zeros((1, 1, 1, 1), dtype=pred.wide_dtype)
-
-    @staticmethod
-    def bytes_per_lane(pred: "ExactPredictor") -> int:
-        """Bytes of keys and values a lane holds (int16 rings; 4x that with the torch path's float64)."""
-        per = 2 * len(pred.blocks) * (pred.ring + 1) * pred.n_head * pred.head_dim
-        if pred.kernel == "torch":
-            return per * 8
-        if pred.version >= 2:                                  # int8, and an int8 shift per head and row
-            return per + 2 * len(pred.blocks) * (pred.ring + 1) * pred.n_head
-        return per * 2
-
-    def nbytes(self) -> int:
-        """Bytes the rings, their wide copies, ring_pos and the flags hold now (scratch buffers aside)."""
-        if self.kernel == "torch":
-            return sum(t.numel() * t.element_size() for t in [*self.ring_k, *self.ring_v, self.ring_pos])
-        if self.version >= 2:
-            return sum(a.nbytes for a in [*self.ring_k, *self.ring_v, *self.shift_k, *self.shift_v, self.ring_pos])
-        arrays = [*self.ring_k, *self.ring_v, *(a for a in self.wide_k + self.wide_v if a is not None),
-                  self.ring_pos, self.wide]
-        return sum(a.nbytes for a in arrays)
-
-    def scratch_bytes(self) -> int:
-        """Bytes of the scratch buffers allocated so far (one set per chunk size)."""
-        arrays = [a for sc in self._scratch.values() for v in sc.values()
-                  for a in (v.values() if isinstance(v, dict) else [v]) if isinstance(a, np.ndarray)]
-        return sum(a.nbytes for a in arrays)
-
-    def _widen(self, i: int) -> None:
-        """Give the lanes of layer i marked 2 (a key or value outside int16) a wide copy of their ring."""
-        if self.wide_k[i] is None:
-            self.wide_k[i] = np.zeros(self.ring_k[i].shape, dtype=self._wide_dtype)
-            self.wide_v[i] = np.zeros(self.ring_v[i].shape, dtype=self._wide_dtype)
-        for b in np.flatnonzero(self.wide[i] == 2):
-            self.wide_k[i][b] = self.ring_k[i][b]
-            self.wide_v[i][b] = self.ring_v[i][b]
-            self.wide[i, b] = 1
-
-    def _ring_double(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's keys and values as float64 tensors (lanes, H, rows, hd) (for checks and tests)."""
-        if self.version >= 2:
-            k = np.left_shift(self.ring_k[i].astype(np.int64), self.shift_k[i][:, :, None, :]).astype(np.float64)
-            v = np.left_shift(self.ring_v[i].astype(np.int64), self.shift_v[i][:, :, None, :]).astype(np.float64)
-        else:
-            k, v = self.ring_k[i].astype(np.float64), self.ring_v[i].astype(np.float64)
-            for b in np.flatnonzero(self.wide[i] == 1):
-                k[b], v[b] = self.wide_k[i][b], self.wide_v[i][b]
-        return (torch.from_numpy(k).transpose(-1, -2).contiguous(),
-                torch.from_numpy(v).transpose(-1, -2).contiguous())
 
 
 class ExactPredictor:
@@ -447,12 +355,12 @@ class ExactPredictor:
         if self.version == 1:
             torch.matmul(T[src][r0:r1], lin.w.t(), out=T[dst][r0:r1])
             return
-        K = _kernels()
+        S = _kernels()[1]
         x, y = sc[src], sc[dst]
         pieces, acc = sc["pieces"][x.shape[1]], sc["acc"][y.shape[1]]
-        K.split_rows(x, pieces, sc["row_scale"], r0, r1)
+        S.split_rows(x, pieces, sc["row_scale"], r0, r1)
         _int8_matmul(sc["t8"]["pieces"][x.shape[1]][2 * r0:2 * r1], lin.w8t, sc["t8"]["acc"][y.shape[1]][2 * r0:2 * r1])
-        K.join_rows(acc, sc["row_scale"], y, r0, r1)
+        S.join_rows(acc, sc["row_scale"], y, r0, r1)
 
     def _run(self, fn, args: tuple, B: int, T: int) -> None:
         """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, each on a pool thread. The ranges follow each thread's measured speed (lanes per second,
@@ -482,11 +390,11 @@ class ExactPredictor:
     def _lanes(self, ctx: tuple, l0: int, l1: int) -> None:
         """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the float64
         matmuls (torch) and the numba kernels between them, then the head's byte frequencies."""
-        K, state, sc, Q, rows, src, br, bc, freq = ctx
+        (K, S), state, sc, Q, rows, src, br, bc, freq = ctx
         t, hd = self._np, self.head_dim
         x, ln, r0, r1 = sc["x"], sc["ln"], l0 * Q, l1 * Q
         first = self.blocks[0]
-        K.pre_layer(x, first.ln1[0], first.ln1[1], ln, Q, l0, l1)
+        S.pre_layer(x, first.ln1[0], first.ln1[1], ln, Q, l0, l1)
         for i, blk in enumerate(self.blocks):
             self._matmul(sc, "ln", blk.qkv, "y3", r0, r1)
             if self.version >= 2:
@@ -496,17 +404,17 @@ class ExactPredictor:
             else:
                 self._post_qkv_v1(K, state, sc, i, blk, br, bc, rows, src, l0, l1)
             self._matmul(sc, "att", blk.proj, "yc", r0, r1)
-            K.post_residual(x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
+            S.post_residual(x, sc["yc"], blk.proj.np_b, blk.proj.scale, float(blk.proj.clamp), RES_CLAMP,
                             blk.ln2[0], blk.ln2[1], ln, Q, l0, l1)
             self._matmul(sc, "ln", blk.fc, "u", r0, r1)
-            K.post_fc(sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], GELU_RANGE << ACT_BITS,
+            S.post_fc(sc["u"], blk.fc.np_b, blk.fc.scale, float(blk.fc.clamp), t["gelu"], GELU_RANGE << ACT_BITS,
                       sc["g"], Q, l0, l1)
             self._matmul(sc, "g", blk.out, "yc", r0, r1)
             nxt = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
-            K.post_residual(x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
+            S.post_residual(x, sc["yc"], blk.out.np_b, blk.out.scale, float(blk.out.clamp), RES_CLAMP,
                             nxt[0], nxt[1], ln, Q, l0, l1)
         self._matmul(sc, "ln", self.head, "logit", r0, r1)
-        K.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
+        S.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
                     FREQ_TOTAL, freq, Q, l0, l1)
 
     def _post_qkv_v1(self, K, state: LaneState, sc: dict, i: int, blk: _Block, br, bc, rows, src, l0: int, l1: int) -> None:
@@ -526,7 +434,8 @@ class ExactPredictor:
                            threads: int | None = None) -> torch.Tensor:
         """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see
         `bitlm.compress.attention_kernel`), keys and values in int16 rings."""
-        K = _kernels()
+        kernels = _kernels()
+        K = kernels[0]
         B, s0, Q = state.lanes, state.pos, n_slots
         H, hd = self.n_head, self.head_dim
         C, W = H * hd, self.window
@@ -549,7 +458,7 @@ class ExactPredictor:
         rows = rows.astype(np.int64)
         br, bc = K.bias_tables(s0, Q, state.ring_pos, t["slopes"], W, SLOPE_BITS - LOGIT_BITS, K.HIDDEN_BIAS)
         freq = np.empty((B * Q, 256), dtype=np.int64)
-        ctx = (K, state, sc, Q, rows, src, br, bc, freq)
+        ctx = (kernels, state, sc, Q, rows, src, br, bc, freq)
         T = max(1, min(threads or self.threads or torch.get_num_threads(), B, B * Q // SLOTS_PER_THREAD))
         if T <= 1:
             self._lanes(ctx, 0, B)
@@ -574,63 +483,19 @@ def _pool(workers: int):
     return _POOL[0]
 
 
-_ENGINE: list = []
-F32_EXACT_K = 1032            # 128 · 127 · K < 2^24 up to this K: the int8 products' sums are exact in float32
-
-
-def _int8_engine() -> str:
-    """How this process multiplies version 2's int8 matrices: "int_mm" (torch._int_mm, int32 sums) when
-    it gives the exact products here, else "float64" (a float32 or float64 matmul of the same integers,
-    exact too: see `_int8_matmul`; measured on this machine with oneDNN held to AVX2 or AVX-512 without
-    VNNI, `ONEDNN_MAX_CPU_ISA=AVX2`: _int_mm saturates there, the check says so, and the fallback's
-    streams are the same). Integer sums are exact in any order; the
-    one known way an int8 GEMM is not exact is a CPU without VNNI whose kernel sums pairs of u8·s8
-    products in saturating int16 (vpmaddubsw): the check multiplies matrices that saturate it, of
-    every lane count a step may have, and falls back on any difference or error."""
-    if not _ENGINE:
-        engine = "float64"
-        try:
-            ok = True
-            for M in (1, 2, 5, 64, 128):
-                for Kd in (256, 1024):
-                    g = torch.Generator().manual_seed(M * Kd)
-                    a = torch.randint(-128, 128, (M, Kd), generator=g, dtype=torch.int64)
-                    a[:, ::2] = 127                                       # u8 255 after a +128 shift
-                    w = torch.randint(-127, 128, (256, Kd), generator=g, dtype=torch.int64)
-                    w[:, ::3] = 127
-                    w[:128] = torch.where(a[0] > 0, 127, -127)            # sums at the int16 edges
-                    out = torch._int_mm(a.to(torch.int8), w.to(torch.int8).t())
-                    ok = ok and out.dtype == torch.int32 and torch.equal(out.long(), a @ w.t())
-            engine = "int_mm" if ok else engine
-        except (RuntimeError, AttributeError, NotImplementedError):
-            pass
-        _ENGINE.append(engine)
-    return _ENGINE[0]
-
-
-def _int8_matmul(a: torch.Tensor, w8t: torch.Tensor, out: torch.Tensor) -> None:
-    """out = a @ w8t, exact: a (M, K) int8, w8t (K, N) int8, out (M, N) int32 or float64 as
-    `_int8_engine` chose (the scratch buffers are made to match); the float64 fallback multiplies in
-    float32 where K ≤ F32_EXACT_K (twice as fast, and exact: every partial sum is an integer below 2^24)."""
-    if out.dtype == torch.int32:
-        torch._int_mm(a, w8t, out=out)
-    elif a.size(1) <= F32_EXACT_K:            # every partial sum below 128 · 127 · 1032 < 2^24: exact in float32
-        out.copy_(torch.matmul(a.float(), w8t.float()))
-    else:
-        torch.matmul(a.double(), w8t.double(), out=out)
-
-
 _KERNELS: list = []
 
 
 def _kernels():
-    """The numba kernels module (imported on first use), None when numba is not installed."""
+    """The numba kernel modules (imported on first use) as (attention_kernel, step_kernel), None when
+    numba is not installed."""
     if not _KERNELS:
         try:
-            from bitlm.compress import attention_kernel
+            from bitlm.compress import attention_kernel, step_kernel
+            kernels = (attention_kernel, step_kernel)
         except ImportError:
-            attention_kernel = None
-        _KERNELS.append(attention_kernel)
+            kernels = None
+        _KERNELS.append(kernels)
     return _KERNELS[0]
 
 

@@ -328,3 +328,51 @@ def _linear8(w: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, b
     if bound >= _SAFE or w.size(1) * 128 * W8_MAX >= 1 << 31:
         raise UnsupportedModelError("a layer's weights are too large for exact integer arithmetic")
     return _Linear8(w8.to(torch.int8), b, k + in_bits - out_bits, out_clamp, in_bound)
+
+
+# ------------------------------------------------------------------------------------ int8 products
+
+_ENGINE: list = []
+F32_EXACT_K = 1032            # 128 · 127 · K < 2^24 up to this K: the int8 products' sums are exact in float32
+
+
+def _int8_engine() -> str:
+    """How this process multiplies version 2's int8 matrices: "int_mm" (torch._int_mm, int32 sums) when
+    it gives the exact products here, else "float64" (a float32 or float64 matmul of the same integers,
+    exact too: see `_int8_matmul`; measured on this machine with oneDNN held to AVX2 or AVX-512 without
+    VNNI, `ONEDNN_MAX_CPU_ISA=AVX2`: _int_mm saturates there, the check says so, and the fallback's
+    streams are the same). Integer sums are exact in any order; the
+    one known way an int8 GEMM is not exact is a CPU without VNNI whose kernel sums pairs of u8·s8
+    products in saturating int16 (vpmaddubsw): the check multiplies matrices that saturate it, of
+    every lane count a step may have, and falls back on any difference or error."""
+    if not _ENGINE:
+        engine = "float64"
+        try:
+            ok = True
+            for M in (1, 2, 5, 64, 128):
+                for Kd in (256, 1024):
+                    g = torch.Generator().manual_seed(M * Kd)
+                    a = torch.randint(-128, 128, (M, Kd), generator=g, dtype=torch.int64)
+                    a[:, ::2] = 127                                       # u8 255 after a +128 shift
+                    w = torch.randint(-127, 128, (256, Kd), generator=g, dtype=torch.int64)
+                    w[:, ::3] = 127
+                    w[:128] = torch.where(a[0] > 0, 127, -127)            # sums at the int16 edges
+                    out = torch._int_mm(a.to(torch.int8), w.to(torch.int8).t())
+                    ok = ok and out.dtype == torch.int32 and torch.equal(out.long(), a @ w.t())
+            engine = "int_mm" if ok else engine
+        except (RuntimeError, AttributeError, NotImplementedError):
+            pass
+        _ENGINE.append(engine)
+    return _ENGINE[0]
+
+
+def _int8_matmul(a: torch.Tensor, w8t: torch.Tensor, out: torch.Tensor) -> None:
+    """out = a @ w8t, exact: a (M, K) int8, w8t (K, N) int8, out (M, N) int32 or float64 as
+    `_int8_engine` chose (the scratch buffers are made to match); the float64 fallback multiplies in
+    float32 where K ≤ F32_EXACT_K (twice as fast, and exact: every partial sum is an integer below 2^24)."""
+    if out.dtype == torch.int32:
+        torch._int_mm(a, w8t, out=out)
+    elif a.size(1) <= F32_EXACT_K:            # every partial sum below 128 · 127 · 1032 < 2^24: exact in float32
+        out.copy_(torch.matmul(a.float(), w8t.float()))
+    else:
+        torch.matmul(a.double(), w8t.double(), out=out)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from bitlm.compress import cm
-from bitlm.compress.exact import EXACT_VERSION, ExactPredictor, LaneState, tables, tables_digest
+from bitlm.compress.exact import EXACT_VERSION, ExactPredictor, tables, tables_digest
+from bitlm.compress.lane_state import LaneState
 from bitlm.compress.header import DAMAGED, NeuralCodecError
 from bitlm.model.transformer import BitTransformerLM
 
