@@ -101,6 +101,59 @@ def bias_tables(s0, Q, ring_pos, slopes, window, shift, hidden):
 
 
 @nb.njit(**_JIT)
+def _head_l1(q, n, c0, hd):
+    """Σ_d |q[n, c0 + d]| over one head: the bound that decides whether its dot products fit int32."""
+    l1 = 0
+    for d in range(hd):
+        l1 += abs(np.int64(q[n, c0 + d]))
+    return l1
+
+
+@nb.njit(**_JIT)
+def _ring_dots_i32(q, rk, h, n, c0, hd, s32, prefetch):
+    """s32[j] = Σ_d q[n, c0 + d] · rk[h, d, j] in int32 for every ring row j (rk: (H, hd, rows), int16 or
+    int8; the caller checked that every partial sum fits), keys read once, four dimensions at a time
+    (per query; Q = 1 when decoding); `prefetch` asks for the rows after these (maybe the next lane's)."""
+    rows = rk.shape[2]
+    for j in range(rows):
+        s32[j] = 0
+    d = 0
+    while d + 4 <= hd:
+        if prefetch:
+            base = (h * hd + d) * rows + PREFETCH_AHEAD
+            for a in range(0, 4 * rows, 32):
+                _prefetch(rk, base + a)
+        q0, q1 = np.int32(q[n, c0 + d]), np.int32(q[n, c0 + d + 1])
+        q2, q3 = np.int32(q[n, c0 + d + 2]), np.int32(q[n, c0 + d + 3])
+        for j in range(rows):
+            s32[j] = np.int32(s32[j] + q0 * np.int32(rk[h, d, j]) + q1 * np.int32(rk[h, d + 1, j])
+                              + q2 * np.int32(rk[h, d + 2, j]) + q3 * np.int32(rk[h, d + 3, j]))
+        d += 4
+    while d < hd:
+        qd = np.int32(q[n, c0 + d])
+        for j in range(rows):
+            s32[j] = np.int32(s32[j] + qd * np.int32(rk[h, d, j]))
+        d += 1
+
+
+@nb.njit(**_JIT)
+def _own_slot_scores(q, kc, bc, sc, n, n0, c0, hd, t, h, rows, top):
+    """Scores of query n (chunk slot t, head h at column c0) over the chunk's own keys kc (int64; lane
+    rows from n0) into sc[rows:], hidden ones -2^62; returns the larger of top and the visible scores."""
+    for u in range(bc.shape[2]):
+        if bc[t, h, u] != HIDDEN_BIAS:
+            acc = 0
+            for d in range(hd):
+                acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
+            s = ((acc + 8192) >> 14) - bc[t, h, u]
+            top = max(top, s)
+        else:
+            s = -(1 << 62)
+        sc[rows + u] = s
+    return top
+
+
+@nb.njit(**_JIT)
 def _lane_attention(q, kc, vc, rk, rv, b, br, bc, table, hd, out, sc, s32, e, eh, el, narrow):
     """One lane b: Q queries over its ring (rk, rv: (H, hd, rows), transposed so that the sums over
     rows vectorise; int16 when `narrow`, else int32/int64) and the chunk's own keys/values (kc, vc:
@@ -132,29 +185,10 @@ def _lane_attention(q, kc, vc, rk, rv, b, br, bc, table, hd, out, sc, s32, e, eh
         c0 = h * hd
         for t in range(Q):
             n = n0 + t
-            l1 = 0
-            for d in range(hd):
-                l1 += abs(np.int64(q[n, c0 + d]))
+            l1 = _head_l1(q, n, c0, hd)
             top = -(1 << 62)
             if narrow and l1 * I16_MAX <= I32_MAX:              # q·k in int32 (bound above)
-                for j in range(rows):
-                    s32[j] = 0
-                d = 0
-                while d + 4 <= hd:                              # q·k for every ring row: keys read once
-                    base = (h * hd + d) * rows + PREFETCH_AHEAD # (the rows after these, maybe the next lane's)
-                    for a in range(0, 4 * rows, 32):
-                        _prefetch(rk, base + a)
-                    q0, q1 = np.int32(q[n, c0 + d]), np.int32(q[n, c0 + d + 1])     # (per query; Q = 1
-                    q2, q3 = np.int32(q[n, c0 + d + 2]), np.int32(q[n, c0 + d + 3]) # when decoding)
-                    for j in range(rows):
-                        s32[j] = np.int32(s32[j] + q0 * np.int32(rk[h, d, j]) + q1 * np.int32(rk[h, d + 1, j])
-                                          + q2 * np.int32(rk[h, d + 2, j]) + q3 * np.int32(rk[h, d + 3, j]))
-                    d += 4
-                while d < hd:
-                    qd = np.int32(q[n, c0 + d])
-                    for j in range(rows):
-                        s32[j] = np.int32(s32[j] + qd * np.int32(rk[h, d, j]))
-                    d += 1
+                _ring_dots_i32(q, rk, h, n, c0, hd, s32, True)
                 for j in range(rows):
                     s = ((np.int64(s32[j]) + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
@@ -182,16 +216,7 @@ def _lane_attention(q, kc, vc, rk, rv, b, br, bc, table, hd, out, sc, s32, e, eh
                     s = ((sc[j] + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
                     top = max(top, s)
-            for u in range(Q):                                  # and the chunk's own slots
-                if bc[t, h, u] != HIDDEN_BIAS:
-                    acc = 0
-                    for d in range(hd):
-                        acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
-                    s = ((acc + 8192) >> 14) - bc[t, h, u]
-                    top = max(top, s)
-                else:
-                    s = -(1 << 62)
-                sc[rows + u] = s
+            top = _own_slot_scores(q, kc, bc, sc, n, n0, c0, hd, t, h, rows, top)
             den, sh, sl = 0, 0, 0
             for j in range(rows):
                 w = table[min(top - sc[j], last)]
@@ -374,26 +399,10 @@ def _lane_attention8(q, kc, vc, rk, rv, rks, rvs, b, br, bc, table, hd, out, sc,
         c0 = h * hd
         for t in range(Q):
             n = n0 + t
-            l1 = 0
-            for d in range(hd):
-                l1 += abs(np.int64(q[n, c0 + d]))
+            l1 = _head_l1(q, n, c0, hd)
             top = -(1 << 62)
             if l1 * 127 <= I32_MAX:                             # q·k' in int32 (bound above)
-                for j in range(rows):
-                    s32[j] = 0
-                d = 0
-                while d + 4 <= hd:                              # keys read once
-                    q0, q1 = np.int32(q[n, c0 + d]), np.int32(q[n, c0 + d + 1])
-                    q2, q3 = np.int32(q[n, c0 + d + 2]), np.int32(q[n, c0 + d + 3])
-                    for j in range(rows):
-                        s32[j] = np.int32(s32[j] + q0 * np.int32(rk[h, d, j]) + q1 * np.int32(rk[h, d + 1, j])
-                                          + q2 * np.int32(rk[h, d + 2, j]) + q3 * np.int32(rk[h, d + 3, j]))
-                    d += 4
-                while d < hd:
-                    qd = np.int32(q[n, c0 + d])
-                    for j in range(rows):
-                        s32[j] = np.int32(s32[j] + qd * np.int32(rk[h, d, j]))
-                    d += 1
+                _ring_dots_i32(q, rk, h, n, c0, hd, s32, False)
                 for j in range(rows):
                     s = (((np.int64(s32[j]) << np.int64(rks[h, j])) + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
@@ -409,16 +418,7 @@ def _lane_attention8(q, kc, vc, rk, rv, rks, rvs, b, br, bc, table, hd, out, sc,
                     s = (((sc[j] << np.int64(rks[h, j])) + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
                     top = max(top, s)
-            for u in range(Q):                                  # and the chunk's own slots
-                if bc[t, h, u] != HIDDEN_BIAS:
-                    acc = 0
-                    for d in range(hd):
-                        acc += np.int64(q[n, c0 + d]) * kc[n0 + u, c0 + d]
-                    s = ((acc + 8192) >> 14) - bc[t, h, u]
-                    top = max(top, s)
-                else:
-                    s = -(1 << 62)
-                sc[rows + u] = s
+            top = _own_slot_scores(q, kc, bc, sc, n, n0, c0, hd, t, h, rows, top)
             den, sum_h, sum_l = 0, 0, 0
             for j in range(rows):
                 e = table[min(top - sc[j], last)]
