@@ -211,7 +211,8 @@ def _decode(h: Header, blob: bytes, model: BitTransformerLM | None, max_bytes: i
         if model is None:
             raise NeuralCodecError(f"this file was compressed with a model (method {h.method_name}); load that "
                                    f"model to decompress it")
-        version = next((v for v in sorted(VERSIONS, reverse=True) if neural_fingerprint(model, v) == h.fingerprint), None)
+        version = next((v for v in sorted(VERSIONS, reverse=True)
+                        if neural_fingerprint(model, v) == h.fingerprint), None)
         if version is None:                  # files of an earlier exact path name the model with its version
             raise NeuralCodecError(f"this file was compressed with model {h.fingerprint.hex()}, but the loaded model "
                                    f"is {neural_fingerprint(model).hex()}; decompress it with the model that "

@@ -162,8 +162,8 @@ class ExactPredictor:
                     proj=_linear(a.c_proj.weight, a.c_proj.bias, None, None, ACT_BITS, self.v_clamp, RES_BITS, RES_CLAMP,
                                  version=version),
                     ln2=ln(blk.ln_2),
-                    fc=_linear(fc.weight, fc.bias, blk.ln_2.weight, blk.ln_2.bias, NORM_BITS, norm_bound, ACT_BITS, act_clamp,
-                               version=version),
+                    fc=_linear(fc.weight, fc.bias, blk.ln_2.weight, blk.ln_2.bias, NORM_BITS, norm_bound, ACT_BITS,
+                               act_clamp, version=version),
                     out=_linear(proj.weight, proj.bias, None, None, ACT_BITS, act_clamp, RES_BITS, RES_CLAMP,
                                 version=version)))
             self.ln_f = ln(model.ln_f)
@@ -359,13 +359,15 @@ class ExactPredictor:
         x, y = sc[src], sc[dst]
         pieces, acc = sc["pieces"][x.shape[1]], sc["acc"][y.shape[1]]
         S.split_rows(x, pieces, sc["row_scale"], r0, r1)
-        _int8_matmul(sc["t8"]["pieces"][x.shape[1]][2 * r0:2 * r1], lin.w8t, sc["t8"]["acc"][y.shape[1]][2 * r0:2 * r1])
+        t8 = sc["t8"]
+        _int8_matmul(t8["pieces"][x.shape[1]][2 * r0:2 * r1], lin.w8t, t8["acc"][y.shape[1]][2 * r0:2 * r1])
         S.join_rows(acc, sc["row_scale"], y, r0, r1)
 
     def _run(self, fn, args: tuple, B: int, T: int) -> None:
-        """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, each on a pool thread. The ranges follow each thread's measured speed (lanes per second,
-        smoothed over steps), so a thread the machine keeps busy elsewhere gets fewer lanes instead of
-        holding the step up. Lanes are independent: any split gives the same bits."""
+        """fn(*args, b0, b1) over T contiguous lane ranges covering B lanes, each on a pool thread. The
+        ranges follow each thread's measured speed (lanes per second, smoothed over steps), so a thread
+        the machine keeps busy elsewhere gets fewer lanes instead of holding the step up. Lanes are
+        independent (and write disjoint rows of the shared buffers): any split gives the same bits."""
         rates = self._rates.get(T)
         if rates is None:
             rates = self._rates[T] = [1.0] * T
@@ -417,7 +419,8 @@ class ExactPredictor:
         S.post_head(sc["logit"], self.head.np_b, self.head.scale, float(self.head.clamp), t["head_exp"],
                     FREQ_TOTAL, freq, Q, l0, l1)
 
-    def _post_qkv_v1(self, K, state: LaneState, sc: dict, i: int, blk: _Block, br, bc, rows, src, l0: int, l1: int) -> None:
+    def _post_qkv_v1(self, K, state: LaneState, sc: dict, i: int, blk: _Block, br, bc, rows, src,
+                     l0: int, l1: int) -> None:
         """Version 1's attention of layer i for lanes [l0, l1): int16 rings, a lane widened when a key or
         value outgrows int16 (`LaneState._widen`)."""
         wide_k = state.wide_k[i] if state.wide_k[i] is not None else state._none
