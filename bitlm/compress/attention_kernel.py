@@ -402,7 +402,7 @@ def _lane_attention8(q, kc, vc, rk, rv, rks, rvs, b, br, bc, table, hd, out, sc,
             l1 = _head_l1(q, n, c0, hd)
             top = -(1 << 62)
             if l1 * 127 <= I32_MAX:                             # q·k' in int32 (bound above)
-                _ring_dots_i32(q, rk, h, n, c0, hd, s32, False)
+                _ring_dots_i32(q, rk, h, n, c0, hd, s32, True)
                 for j in range(rows):
                     s = (((np.int64(s32[j]) << np.int64(rks[h, j])) + 8192) >> 14) - br[t, h, j]
                     sc[j] = s
@@ -437,6 +437,9 @@ def _lane_attention8(q, kc, vc, rk, rv, rks, rvs, b, br, bc, table, hd, out, sc,
             if sum_h * 127 <= I32_MAX and sum_l * 127 <= I32_MAX:     # Σ w·v' as two int32 sums (bound above)
                 d = 0
                 while d + 2 <= hd:                              # values read once
+                    base = (h * hd + d) * rows + PREFETCH_AHEAD
+                    for a in range(0, 2 * rows, 64):            # (int8: 64 to a cache line)
+                        _prefetch(rv, base + a)
                     h0, l0, h1, l1 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
                     for j in range(rows):
                         v0, v1 = np.int32(rv[h, d, j]), np.int32(rv[h, d + 1, j])
