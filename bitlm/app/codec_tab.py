@@ -30,7 +30,7 @@ CODEC_MAX_BITS = CODEC_MAX_CHARS * 9 * 4
 NEURAL_MAX_CHARS = 5_000
 # Files: the Codec tab compresses and decompresses up to FILE_MAX_BYTES; the model methods (neural, neural+cm)
 # are tried on inputs up to NEURAL_FILE_MAX_BYTES and decode only up to that length, since decoding is
-# sequential: 12 KiB decode in ~3.4 s on one thread (exact path version 2; 8 KiB took 12.7 s before issue 20),
+# sequential: 12 KiB decode in ~2.6 s on one thread (exact path version 2; 8 KiB took 12.7 s before issue 20),
 # the app's share of a request; the CLI has no such cap. Above it: cm, lzma, bz2, zlib, stored.
 FILE_MAX_BYTES = 1 << 20
 NEURAL_FILE_MAX_BYTES = 12 << 10
@@ -243,7 +243,7 @@ def decompress_upload(app_model: AppModel, upload: Any, out_dir: str | Path,
                              f"decompress it with python -m bitlm.cli.compress decompress {name}")
         if header.method_name in MODEL_METHOD_NAMES and header.length > NEURAL_FILE_MAX_BYTES:
             raise InputError(f"“{name}” holds {header.length:,} bytes coded by the model; the app decodes at most "
-                             f"{NEURAL_FILE_MAX_BYTES:,} (about 3,500 bytes a second)",
+                             f"{NEURAL_FILE_MAX_BYTES:,} (about 4,500 bytes a second)",
                              f"decompress it with python -m bitlm.cli.compress decompress {name}")
         t0 = time.perf_counter()
         data = container.decompress_file(blob, app_model.model, max_bytes=FILE_MAX_BYTES,
