@@ -50,7 +50,8 @@ up to 20 bits (`_Linear`) and int16 rings. Version 2 (issue 20) makes the two me
   (`_row_split`: x' = round(x / 2^s), s the least that fits) as two int8 pieces hi · 2^7 + lo; the
   pieces' products with the weights are int32 sums of int8 products, |Σ| < 128 · 127 · K < 2^31, exact
   in any order: `torch._int_mm` (VNNI / AMX) where `_int8_engine`'s check finds it exact on inputs that
-  would saturate a non-VNNI kernel, else a float64 matmul of the same integers; joined in float64
+  would saturate a non-VNNI kernel, else a float32 (past K = 1032: float64) matmul of the same integers;
+  joined in float64
   ((acc_hi · 2^7 + acc_lo) · 2^s + b < 2^52, the bound checked at derivation) and rounded by a power of
   two per output column.
 - keys and values (`_round_heads`): per slot and head held to 8 significant bits, x' · 2^s with |x'| ≤ 127,
@@ -185,15 +186,18 @@ class ExactPredictor:
         if self.device.type != "cpu":
             for name in ("att_exp", "att_exp_f", "head_exp", "gelu", "slopes", "emb", "bos", "byte_pattern"):
                 setattr(self, name, getattr(self, name).to(self.device))
-            for lin in [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]:
+            for lin in self._linears():
                 for name in ("w", "w8", "b", "shifts"):
                     if hasattr(lin, name):
                         setattr(lin, name, getattr(lin, name).to(self.device))
 
+    def _linears(self) -> list:
+        """Every quantised linear layer: the blocks' qkv, proj, fc and out, and the head."""
+        return [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]
+
     def weight_bytes(self) -> int:
         """Bytes of the quantised linear layers' weights and biases (int8 weights in version 2, float64 in 1)."""
-        lins = [self.head, *(x for b in self.blocks for x in (b.qkv, b.proj, b.fc, b.out))]
-        return sum((lin.w8 if self.version >= 2 else lin.w).nbytes + lin.b.nbytes for lin in lins)
+        return sum((lin.w8 if self.version >= 2 else lin.w).nbytes + lin.b.nbytes for lin in self._linears())
 
     _cache: "weakref.WeakKeyDictionary[BitTransformerLM, dict[tuple, tuple[tuple, ExactPredictor]]]" = weakref.WeakKeyDictionary()
 
@@ -390,8 +394,8 @@ class ExactPredictor:
                 sizes[i] / max(took[i], 1e-6)
 
     def _lanes(self, ctx: tuple, l0: int, l1: int) -> None:
-        """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the float64
-        matmuls (torch) and the numba kernels between them, then the head's byte frequencies."""
+        """The whole stack for lanes [l0, l1) (rows l0·Q … l1·Q of the buffers): per layer the exact
+        matmuls (`_matmul`) and the numba kernels between them, then the head's byte frequencies."""
         (K, S), state, sc, Q, rows, src, br, bc, freq = ctx
         t, hd = self._np, self.head_dim
         x, ln, r0, r1 = sc["x"], sc["ln"], l0 * Q, l1 * Q
@@ -435,8 +439,8 @@ class ExactPredictor:
 
     def _frequencies_numba(self, state: LaneState, prev: torch.Tensor | None, n_slots: int,
                            threads: int | None = None) -> torch.Tensor:
-        """`frequencies` on the CPU: float64 matmuls (torch) between numba kernels (see
-        `bitlm.compress.attention_kernel`), keys and values in int16 rings."""
+        """`frequencies` on the CPU: exact matmuls (`_matmul`) between numba kernels (see
+        `bitlm.compress.attention_kernel` and `step_kernel`), keys and values in the rings of `LaneState`."""
         kernels = _kernels()
         K = kernels[0]
         B, s0, Q = state.lanes, state.pos, n_slots

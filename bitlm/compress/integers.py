@@ -189,31 +189,33 @@ class _Linear(_Bias):
         return self._scale
 
 
-def _row_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Version 2's input rule: (…, K) int64 rows -> (hi, lo, s). s (…, 1) is the least s ≥ 0 with
-    max|x| >> s < 2^ROW_BITS; x' = `_rshift`(x, s) clamped to ±(2^ROW_BITS - 1); hi = x' >> PIECE_BITS
-    (floor) in [-128, 127] and lo = x' - hi · 2^PIECE_BITS in [0, 127], both int64."""
+def _to_bits(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(…, K) int64 -> (x', s), per last axis: s (…, 1) the least s ≥ 0 with max|x| >> s < 2^bits, and
+    x' = `_rshift`(x, s) clamped to ±(2^bits - 1) (version 2's rule for a linear's input rows and for
+    keys and values)."""
     m = x.abs().amax(-1, keepdim=True)
     s = torch.zeros_like(m)
-    while bool(((m >> s) >= (1 << ROW_BITS)).any()):
-        s += ((m >> s) >= (1 << ROW_BITS)).long()
+    while bool(((m >> s) >= (1 << bits)).any()):
+        s += ((m >> s) >= (1 << bits)).long()
     half = torch.bitwise_left_shift(torch.ones_like(s), s) >> 1
-    xs = ((x + half) >> s).clamp_(-(1 << ROW_BITS) + 1, (1 << ROW_BITS) - 1)
+    return ((x + half) >> s).clamp_(-(1 << bits) + 1, (1 << bits) - 1), s
+
+
+def _row_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Version 2's input rule: (…, K) int64 rows -> (hi, lo, s): x' and s of `_to_bits`(x, ROW_BITS),
+    hi = x' >> PIECE_BITS (floor) in [-128, 127] and lo = x' - hi · 2^PIECE_BITS in [0, 127], both int64."""
+    xs, s = _to_bits(x, ROW_BITS)
     hi = xs >> PIECE_BITS
     return hi, xs - (hi << PIECE_BITS), s
 
 
 def _round_heads(x: torch.Tensor) -> torch.Tensor:
     """Version 2's rule for the keys and values of a slot: (…, hd) int64, one head per last axis ->
-    x' · 2^s with s the least s ≥ 0 with max|x| >> s < 2^KV_BITS and x' = `_rshift`(x, s) clamped to
-    ±(2^KV_BITS - 1): 8 significant bits, so the ring holds int8 x' and the shift s. |x' · 2^s| ≤
-    max|x| · (1 + 2^-KV_BITS), which keeps every attention sum of `bitlm.compress.exact` below 2^52."""
-    m = x.abs().amax(-1, keepdim=True)
-    s = torch.zeros_like(m)
-    while bool(((m >> s) >= (1 << KV_BITS)).any()):
-        s += ((m >> s) >= (1 << KV_BITS)).long()
-    half = torch.bitwise_left_shift(torch.ones_like(s), s) >> 1
-    return ((x + half) >> s).clamp_(-(1 << KV_BITS) + 1, (1 << KV_BITS) - 1) << s
+    x' · 2^s with x' and s of `_to_bits`(x, KV_BITS): 8 significant bits, so the ring holds int8 x' and
+    the shift s. |x' · 2^s| ≤ max|x| · (1 + 2^-KV_BITS), which keeps every attention sum of
+    `bitlm.compress.exact` below 2^52."""
+    xs, s = _to_bits(x, KV_BITS)
+    return xs << s
 
 
 def _shift_rows(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -271,9 +273,10 @@ class _Linear8(_Bias):
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor | None, beta: torch.Tensor | None,
             in_bits: int, in_bound: int, out_bits: int, out_clamp: int,
             row_scale: torch.Tensor | None = None, version: int = EXACT_VERSION) -> _Linear | _Linear8:
-    """Quantise a Linear for exact-path `version` (1: `_Linear`, 2: `_Linear8`), folding a preceding layer norm's gain (gamma) and shift (beta) into it and
-    multiplying its rows by row_scale ((out,) float64, None: 1); the weight precision is the largest ≤ MAX_WEIGHT_BITS for which
-    in_bound · max row L1 + |bias| stays below 2^52. Raises UnsupportedModelError if none does."""
+    """Quantise a Linear for exact-path `version` (1: `_Linear`, 2: `_Linear8`), folding a preceding layer
+    norm's gain (gamma) and shift (beta) into it and multiplying its rows by row_scale ((out,) float64,
+    None: 1); version 1's weight precision is the largest ≤ MAX_WEIGHT_BITS for which in_bound · max row
+    L1 + |bias| stays below 2^52. Raises UnsupportedModelError if none does."""
     w = weight.detach().cpu().double()
     if gamma is not None:
         w = w * gamma.detach().cpu().double()      # float32 × float32: exact in float64
